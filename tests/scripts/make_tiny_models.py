@@ -105,8 +105,10 @@ def build(kind, out, dtype, tied, shard):
     model.save_pretrained(folder, max_shard_size="150KB" if shard else "50GB")
     tok = save_tokenizer(folder, (HERE / "qwen3_chat_template.jinja").read_text())
 
-    # Reference in float32 on the CPU from the weights as stored.
-    ref = model.to(torch.float32).eval()
+    # Reference: the saved folder loaded back by transformers in float32 on the CPU, as a user
+    # would load it (buffers such as rotary inv_freq are then float32, not rounded to the weights' dtype).
+    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
     prompts = [[72, 101, 108, 108, 111, 44, 32, 100, 111, 99],
                [257, 117, 115, 101, 114, 10, 73, 32, 99, 97, 110, 39, 116, 32, 115, 108, 101, 101],
                [259, 260, 261]]
