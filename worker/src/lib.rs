@@ -1,1 +1,18 @@
+//! The IBench inference engine: Hugging Face model folders (Llama, Qwen2, Qwen3) on burn, on the
+//! CPU (ndarray) and on CUDA (`cuda` feature), as pipeline stages with per-sequence KV caches.
 
+pub mod chat;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+pub mod loading;
+pub mod model;
+pub mod sampling;
+pub mod stage;
+
+pub use chat::ChatTokenizer;
+pub use device::{ComputeDtype, DeviceSpec};
+pub use engine::{split_layers, Engine, GenerateOutput, GenerateRequest, LoadOptions, LoadReport};
+pub use error::EngineError;
+pub use stage::{HostStageInput, HostStageOutput, LoadedStage, SeqCache};
