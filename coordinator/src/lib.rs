@@ -2,3 +2,4 @@
 //! result store, reports, and (later) the cluster control plane.
 
 pub mod cli;
+pub mod eval;

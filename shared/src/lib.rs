@@ -7,6 +7,7 @@ pub mod chat;
 pub mod error;
 pub mod generation;
 pub mod hf;
+pub mod placement;
 pub mod registry;
 pub mod telemetry;
 

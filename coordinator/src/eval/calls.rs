@@ -1,0 +1,219 @@
+//! Every model, simulator and judge call goes through [`Calls`]: a stored result is returned
+//! without calling again; a new result is stored the moment it arrives. Counts of issued, replayed
+//! and failed calls per role feed the report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::backend::{CallError, ChatBackend, ChatRequest, ChoiceRequest};
+use super::pool::{GenOutput, GenRequest, ModelPool, PoolError};
+use super::store::{call_key, Store};
+
+/// Who made a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Model,
+    Simulator,
+    Judge,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Model, Role::Simulator, Role::Judge];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Model => "model",
+            Role::Simulator => "simulator",
+            Role::Judge => "judge",
+        }
+    }
+}
+
+/// A step that failed for good (after retries and re-asks): counted and shown, never scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub role: Role,
+    /// What the step was, e.g. `judge dialogue en-med-chest-pain / Qwen3-8B`.
+    pub what: String,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    issued: AtomicU64,
+    replayed: AtomicU64,
+}
+
+/// Per-role numbers for the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoleCounts {
+    /// Calls sent to a backend in this process.
+    pub issued: u64,
+    /// Calls answered from the store (completed by an earlier, interrupted run).
+    pub replayed: u64,
+    /// Steps that failed for good.
+    pub failed: u64,
+}
+
+pub struct Calls {
+    store: Arc<Store>,
+    tallies: [Tally; 3],
+    failures: Mutex<Vec<Failure>>,
+}
+
+fn idx(r: Role) -> usize {
+    r as usize
+}
+
+impl Calls {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store, tallies: Default::default(), failures: Mutex::new(Vec::new()) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn fail(&self, role: Role, what: impl Into<String>, error: impl std::fmt::Display) {
+        let f = Failure { role, what: what.into(), error: error.to_string() };
+        tracing::warn!(role = role.as_str(), what = %f.what, error = %f.error, "step failed");
+        self.failures.lock().expect("failures lock").push(f);
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        self.failures.lock().expect("failures lock").clone()
+    }
+
+    pub fn counts(&self, role: Role) -> RoleCounts {
+        let t = &self.tallies[idx(role)];
+        let failed = self.failures.lock().expect("failures lock").iter().filter(|f| f.role == role).count() as u64;
+        RoleCounts { issued: t.issued.load(Ordering::Relaxed), replayed: t.replayed.load(Ordering::Relaxed), failed }
+    }
+
+    /// Looks every request up; returns the stored answers and the keys of the misses.
+    fn lookup<T: serde::de::DeserializeOwned>(
+        &self,
+        role: Role,
+        op: &str,
+        actor: &str,
+        reqs: &[Value],
+    ) -> (Vec<Option<Result<T, CallError>>>, Vec<String>) {
+        let keys: Vec<String> = reqs.iter().map(|r| call_key(op, actor, r)).collect();
+        let mut out = Vec::with_capacity(reqs.len());
+        for k in &keys {
+            match self.store.get::<T>(k) {
+                Ok(Some(v)) => {
+                    self.tallies[idx(role)].replayed.fetch_add(1, Ordering::Relaxed);
+                    out.push(Some(Ok(v)));
+                }
+                Ok(None) => out.push(None),
+                Err(e) => out.push(Some(Err(CallError::Engine(format!("store: {e}"))))),
+            }
+        }
+        (out, keys)
+    }
+
+    fn save<T: Serialize>(&self, role: Role, label: &str, actor: &str, key: &str, req: &Value, resp: &T) {
+        self.tallies[idx(role)].issued.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.store.put(key, label, actor, req, resp) {
+            // The result is still used; only resumability of this one call is lost.
+            tracing::error!(error = %e, "could not store a completed call");
+        }
+    }
+
+    /// Generic: look up, run the misses as one batch, store each success.
+    async fn cached<R, T, F, Fut>(
+        &self,
+        role: Role,
+        op: &str,
+        label: &str,
+        actor: &str,
+        reqs: Vec<R>,
+        run: F,
+    ) -> Vec<Result<T, CallError>>
+    where
+        R: Serialize,
+        T: Serialize + serde::de::DeserializeOwned,
+        F: FnOnce(Vec<R>) -> Fut,
+        Fut: std::future::Future<Output = Vec<Result<T, CallError>>>,
+    {
+        let values: Vec<Value> = reqs.iter().map(|r| serde_json::to_value(r).expect("requests serialize")).collect();
+        let (mut out, keys) = self.lookup::<T>(role, op, actor, &values);
+        let mut miss_idx = Vec::new();
+        let mut misses = Vec::new();
+        for (i, r) in reqs.into_iter().enumerate() {
+            if out[i].is_none() {
+                miss_idx.push(i);
+                misses.push(r);
+            }
+        }
+        if !misses.is_empty() {
+            let results = run(misses).await;
+            for (i, res) in miss_idx.into_iter().zip(results) {
+                if let Ok(v) = &res {
+                    self.save(role, label, actor, &keys[i], &values[i], v);
+                } else {
+                    self.tallies[idx(role)].issued.fetch_add(1, Ordering::Relaxed);
+                }
+                out[i] = Some(res);
+            }
+        }
+        out.into_iter().map(|o| o.expect("every request answered")).collect()
+    }
+
+    /// Chat completions by a simulator or judge backend.
+    pub async fn chat(
+        &self,
+        role: Role,
+        label: &str,
+        backend: &dyn ChatBackend,
+        reqs: Vec<ChatRequest>,
+    ) -> Vec<Result<String, CallError>> {
+        self.cached(role, "chat", label, backend.id(), reqs, |m| backend.complete(m)).await
+    }
+
+    pub async fn chat_one(
+        &self,
+        role: Role,
+        label: &str,
+        backend: &dyn ChatBackend,
+        req: ChatRequest,
+    ) -> Result<String, CallError> {
+        self.chat(role, label, backend, vec![req]).await.pop().expect("one answer")
+    }
+
+    /// Log-probability choices by a local simulator or judge.
+    pub async fn choose(
+        &self,
+        role: Role,
+        label: &str,
+        backend: &dyn ChatBackend,
+        reqs: Vec<ChoiceRequest>,
+    ) -> Vec<Result<Vec<f64>, CallError>> {
+        self.cached(role, "choose", label, backend.id(), reqs, |m| backend.choose(m)).await
+    }
+
+    /// Turns of a model under test.
+    pub async fn generate(
+        &self,
+        pool: &dyn ModelPool,
+        model: &str,
+        reqs: Vec<GenRequest>,
+    ) -> Vec<Result<GenOutput, CallError>> {
+        let actor = match pool.identity(model) {
+            Ok(a) => a,
+            Err(e) => return reqs.iter().map(|_| Err(CallError::Engine(e.to_string()))).collect(),
+        };
+        self.cached(Role::Model, "generate", "model", &actor, reqs, |m| async move {
+            let load_err = |e: PoolError| match e {
+                PoolError::Load { .. } => CallError::Load(e.to_string()),
+                e => CallError::Engine(e.to_string()),
+            };
+            pool.generate(model, m).await.into_iter().map(|r| r.map_err(load_err)).collect()
+        })
+        .await
+    }
+}
