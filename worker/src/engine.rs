@@ -62,9 +62,29 @@ pub struct LoadReport {
     pub bytes_on_disk: u64,
     pub weight_dtype: Option<String>,
     pub compute_dtype: String,
+    pub quantization: Quantization,
     pub device: String,
     pub load_seconds: f64,
     pub stages: Vec<(usize, usize)>,
+}
+
+/// What [`Engine::time_generation`] measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepTimings {
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+impl StepTimings {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        (self.batch * self.prompt_len) as f64 / self.prefill_seconds
+    }
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        (self.batch * self.new_tokens) as f64 / self.decode_seconds
+    }
 }
 
 pub struct Engine {
@@ -96,21 +116,22 @@ impl Engine {
         if !folder.is_dir() {
             return Err(EngineError::MissingFile { path: folder.to_path_buf(), what: "the model folder does not exist" });
         }
-        if opts.quantization != Quantization::None {
-            tracing::warn!(
-                quantization = opts.quantization.as_str(),
-                "8-bit/4-bit weight loading is not implemented yet; loading the checkpoint's precision"
-            );
-        }
         let cfg = ModelConfig::from_folder(folder)?;
         let tokenizer = ChatTokenizer::from_folder(folder)?;
         let weights = WeightFiles::open(folder)?;
         let dtype = opts.dtype.unwrap_or(ComputeDtype::default_for(opts.device));
         let ranges = split_layers(cfg.num_layers, opts.stages);
+        let quantization = match (opts.quantization, opts.device) {
+            (Quantization::Int4, DeviceSpec::Cpu) => {
+                tracing::warn!("4-bit weights need CUDA (the CPU backend has no 4-bit kind): loading 8-bit instead");
+                Quantization::Int8
+            }
+            (q, _) => q,
+        };
         let mut stages = Vec::with_capacity(ranges.len());
         for r in &ranges {
             tracing::debug!(layers = ?r, device = %opts.device, "loading stage");
-            stages.push(LoadedStage::load(&cfg, &weights, r.clone(), &opts.device, dtype)?);
+            stages.push(LoadedStage::load(&cfg, &weights, r.clone(), &opts.device, dtype, quantization)?);
         }
         let report = LoadReport {
             folder: folder.to_path_buf(),
@@ -118,6 +139,7 @@ impl Engine {
             bytes_on_disk: weights.bytes_on_disk(),
             weight_dtype: weights.dtype("model.embed_tokens.weight"),
             compute_dtype: dtype.to_string(),
+            quantization,
             device: opts.device.to_string(),
             load_seconds: start.elapsed().as_secs_f64(),
             stages: ranges.iter().map(|r| (r.start, r.end)).collect(),
@@ -272,6 +294,36 @@ impl Engine {
             return done(FinishReason::ContextFull, self.decode(&a.generated)?);
         }
         Ok(None)
+    }
+
+    /// Times one prefill of `batch` prompts of `prompt_len` tokens and `new_tokens` greedy decode
+    /// steps (eos ignored), for benchmarks. Token ids are a fixed pseudo-random sequence.
+    pub fn time_generation(&self, batch: usize, prompt_len: usize, new_tokens: usize) -> Result<StepTimings> {
+        let vocab = self.cfg.vocab_size as u64;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab) as u32
+        };
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|_| (0..prompt_len).map(|_| next()).collect()).collect();
+        self.check_prompt(0, &prompts[0], new_tokens)?;
+        let mut caches: Vec<Vec<SeqCache>> = (0..batch).map(|_| self.new_caches()).collect();
+        let t = Instant::now();
+        let mut refs: Vec<&mut Vec<SeqCache>> = caches.iter_mut().collect();
+        let (logits, vocab) = self.forward(prompts, &mut refs, false)?;
+        let prefill = t.elapsed().as_secs_f64();
+        let mut last: Vec<u32> = logits.chunks(vocab).map(crate::sampling::argmax).collect();
+        let t = Instant::now();
+        for _ in 0..new_tokens {
+            let tokens = last.iter().map(|&x| vec![x]).collect();
+            let mut refs: Vec<&mut Vec<SeqCache>> = caches.iter_mut().collect();
+            let (logits, vocab) = self.forward(tokens, &mut refs, false)?;
+            last = logits.chunks(vocab).map(crate::sampling::argmax).collect();
+        }
+        let decode = t.elapsed().as_secs_f64();
+        Ok(StepTimings { batch, prompt_len, new_tokens, prefill_seconds: prefill, decode_seconds: decode })
     }
 
     /// Convenience: one chat turn for each conversation.

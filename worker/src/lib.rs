@@ -13,6 +13,6 @@ pub mod stage;
 
 pub use chat::ChatTokenizer;
 pub use device::{ComputeDtype, DeviceSpec};
-pub use engine::{split_layers, Engine, GenerateOutput, GenerateRequest, LoadOptions, LoadReport};
+pub use engine::{split_layers, Engine, GenerateOutput, GenerateRequest, LoadOptions, LoadReport, StepTimings};
 pub use error::EngineError;
 pub use stage::{HostStageInput, HostStageOutput, LoadedStage, SeqCache};

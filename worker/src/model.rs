@@ -10,37 +10,72 @@ use std::ops::Range;
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
+use burn::tensor::quantization::{QuantLevel, QuantParam, QuantScheme, QuantStore, QuantValue};
 use burn::tensor::{Int, Tensor, TensorData};
 use ibench_shared::hf::ModelConfig;
+use ibench_shared::Quantization;
 
 use crate::error::{EngineError, Result};
 use crate::loading::WeightFiles;
 
-/// A linear layer stored as `[in, out]` so that `x.matmul(w)` needs no transpose per call.
+/// The weights of a linear layer: dense `[in, out]` (so `x.matmul(w)` needs no transpose per call),
+/// or quantized `[out, in]` with per-block scales along `in`, dequantized one layer at a time.
+enum LinearWeight<B: Backend> {
+    Dense(Tensor<B, 2>),
+    Quantized(Tensor<B, 2>),
+}
+
 pub struct Linear<B: Backend> {
-    weight_t: Tensor<B, 2>,
+    weight: LinearWeight<B>,
+    out_features: usize,
     bias: Option<Tensor<B, 1>>,
 }
 
+/// Symmetric integer weights with one f32 scale per block of 32 inputs: about 8.5 bits a weight
+/// for 8-bit, 4.5 for 4-bit (bitsandbytes' int8 and NF4 land at the same sizes). burn's CPU backend
+/// stores quantized values as one i8 each and has no 4-bit kind, so there 4-bit becomes 8-bit
+/// (with a warning at load time); CUDA packs 4-bit values eight to a u32.
+pub fn quant_scheme(q: Quantization, cpu: bool) -> Option<QuantScheme> {
+    let (value, store) = match (q, cpu) {
+        (Quantization::None, _) => return None,
+        (_, true) => (QuantValue::Q8S, QuantStore::Native),
+        (Quantization::Int8, false) => (QuantValue::Q8S, QuantStore::PackedU32(0)),
+        (Quantization::Int4, false) => (QuantValue::Q4S, QuantStore::PackedU32(0)),
+    };
+    Some(QuantScheme::default().with_value(value).with_level(QuantLevel::block([32])).with_store(store).with_param(QuantParam::F32))
+}
+
 impl<B: Backend> Linear<B> {
-    fn load(w: &WeightFiles, prefix: &str, out: usize, inp: usize, bias: bool, dev: &B::Device) -> Result<Self> {
+    fn load(w: &WeightFiles, prefix: &str, out: usize, inp: usize, bias: bool, q: Quantization, dev: &B::Device) -> Result<Self> {
         let weight = tensor2::<B>(w, &format!("{prefix}.weight"), out, inp, dev)?;
         let bias = if bias { Some(tensor1::<B>(w, &format!("{prefix}.bias"), out, dev)?) } else { None };
-        Ok(Self { weight_t: weight.transpose(), bias })
+        let weight = match quant_scheme(q, dev_is_cpu::<B>(dev)) {
+            Some(scheme) if inp % 32 == 0 => LinearWeight::Quantized(weight.quantize_dynamic(&scheme)),
+            _ => LinearWeight::Dense(weight.transpose()),
+        };
+        Ok(Self { weight, out_features: out, bias })
     }
 
     /// # Shapes
     /// x: `[batch, seq, in]` -> `[batch, seq, out]`
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, i] = x.dims();
-        let out = self.weight_t.dims()[1];
-        let y = x.reshape([b * t, i]).matmul(self.weight_t.clone());
+        let out = self.out_features;
+        let w = match &self.weight {
+            LinearWeight::Dense(w) => w.clone(),
+            LinearWeight::Quantized(q) => q.clone().dequantize().transpose(),
+        };
+        let y = x.reshape([b * t, i]).matmul(w);
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze_dim(0),
             None => y,
         };
         y.reshape([b, t, out])
     }
+}
+
+fn dev_is_cpu<B: Backend>(dev: &B::Device) -> bool {
+    format!("{dev:?}").to_ascii_lowercase().contains("cpu")
 }
 
 fn tensor1<B: Backend>(w: &WeightFiles, name: &str, n: usize, dev: &B::Device) -> Result<Tensor<B, 1>> {
@@ -77,7 +112,7 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    fn new(cfg: &ModelConfig, w: &WeightFiles, i: usize, dev: &B::Device) -> Result<Self> {
+    fn new(cfg: &ModelConfig, w: &WeightFiles, i: usize, quant: Quantization, dev: &B::Device) -> Result<Self> {
         let p = format!("model.layers.{i}");
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
@@ -90,16 +125,16 @@ impl<B: Backend> DecoderLayer<B> {
         };
         Ok(Self {
             input_layernorm: tensor1::<B>(w, &format!("{p}.input_layernorm.weight"), h, dev)?,
-            q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), q, h, cfg.qkv_bias, dev)?,
-            k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv, h, cfg.qkv_bias, dev)?,
-            v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv, h, cfg.qkv_bias, dev)?,
-            o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, q, false, dev)?,
+            q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), q, h, cfg.qkv_bias, quant, dev)?,
+            k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv, h, cfg.qkv_bias, quant, dev)?,
+            v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv, h, cfg.qkv_bias, quant, dev)?,
+            o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, q, false, quant, dev)?,
             q_norm: qk_norm("q_norm")?,
             k_norm: qk_norm("k_norm")?,
             post_attention_layernorm: tensor1::<B>(w, &format!("{p}.post_attention_layernorm.weight"), h, dev)?,
-            gate_proj: Linear::load(w, &format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false, dev)?,
-            up_proj: Linear::load(w, &format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false, dev)?,
-            down_proj: Linear::load(w, &format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false, dev)?,
+            gate_proj: Linear::load(w, &format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false, quant, dev)?,
+            up_proj: Linear::load(w, &format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false, quant, dev)?,
+            down_proj: Linear::load(w, &format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false, quant, dev)?,
         })
     }
 }
@@ -155,7 +190,7 @@ pub struct Stage<B: Backend> {
 
 impl<B: Backend> Stage<B> {
     /// Loads layers `range` of the model in `w` onto `device`.
-    pub fn load(cfg: &ModelConfig, w: &WeightFiles, range: Range<usize>, device: &B::Device) -> Result<Self> {
+    pub fn load(cfg: &ModelConfig, w: &WeightFiles, range: Range<usize>, q: Quantization, device: &B::Device) -> Result<Self> {
         if range.start >= range.end || range.end > cfg.num_layers {
             return Err(EngineError::StageInput(format!(
                 "layer range {}..{} is not within the model's {} layers",
@@ -172,7 +207,7 @@ impl<B: Backend> Stage<B> {
         };
         let mut layers = Vec::with_capacity(range.len());
         for i in range.clone() {
-            layers.push(DecoderLayer::new(cfg, w, i, device)?);
+            layers.push(DecoderLayer::new(cfg, w, i, q, device)?);
         }
         let (norm, lm_head_t) = if last {
             let norm = tensor1::<B>(w, "model.norm.weight", h, device)?;

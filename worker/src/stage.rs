@@ -8,6 +8,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use ibench_shared::hf::ModelConfig;
+use ibench_shared::Quantization;
 
 use crate::device::{ComputeDtype, DeviceSpec};
 use crate::error::{EngineError, Result};
@@ -118,11 +119,18 @@ pub struct LoadedStage {
 
 impl LoadedStage {
     /// Loads `range` of the model whose weights are in `weights` onto `device`.
-    pub fn load(cfg: &ModelConfig, weights: &WeightFiles, range: Range<usize>, device: &DeviceSpec, dtype: ComputeDtype) -> Result<Self> {
+    pub fn load(
+        cfg: &ModelConfig,
+        weights: &WeightFiles,
+        range: Range<usize>,
+        device: &DeviceSpec,
+        dtype: ComputeDtype,
+        quant: Quantization,
+    ) -> Result<Self> {
         let runner: Box<dyn Runner> = match (device, dtype) {
             (DeviceSpec::Cpu, ComputeDtype::F32) => {
                 let dev = burn::backend::ndarray::NdArrayDevice::Cpu;
-                Box::new(BurnRunner { stage: Stage::<burn::backend::NdArray<f32>>::load(cfg, weights, range.clone(), &dev)? })
+                Box::new(BurnRunner { stage: Stage::<burn::backend::NdArray<f32>>::load(cfg, weights, range.clone(), quant, &dev)? })
             }
             (DeviceSpec::Cpu, ComputeDtype::Bf16) => {
                 return Err(EngineError::Device("cpu".into(), "the CPU backend computes in f32; use --dtype f32".into()))
@@ -130,12 +138,12 @@ impl LoadedStage {
             #[cfg(feature = "cuda")]
             (DeviceSpec::Cuda(i), ComputeDtype::F32) => {
                 let dev = burn::backend::cuda::CudaDevice::new(*i);
-                Box::new(BurnRunner { stage: Stage::<burn::backend::Cuda<f32, i32>>::load(cfg, weights, range.clone(), &dev)? })
+                Box::new(BurnRunner { stage: Stage::<burn::backend::Cuda<f32, i32>>::load(cfg, weights, range.clone(), quant, &dev)? })
             }
             #[cfg(feature = "cuda")]
             (DeviceSpec::Cuda(i), ComputeDtype::Bf16) => {
                 let dev = burn::backend::cuda::CudaDevice::new(*i);
-                Box::new(BurnRunner { stage: Stage::<burn::backend::Cuda<half::bf16, i32>>::load(cfg, weights, range.clone(), &dev)? })
+                Box::new(BurnRunner { stage: Stage::<burn::backend::Cuda<half::bf16, i32>>::load(cfg, weights, range.clone(), quant, &dev)? })
             }
             #[cfg(not(feature = "cuda"))]
             (DeviceSpec::Cuda(i), _) => {
@@ -149,10 +157,10 @@ impl LoadedStage {
     }
 
     /// Convenience: open the folder's weights and load `range`.
-    pub fn load_folder(folder: &Path, range: Range<usize>, device: &DeviceSpec, dtype: ComputeDtype) -> Result<Self> {
+    pub fn load_folder(folder: &Path, range: Range<usize>, device: &DeviceSpec, dtype: ComputeDtype, quant: Quantization) -> Result<Self> {
         let cfg = ModelConfig::from_folder(folder)?;
         let weights = WeightFiles::open(folder)?;
-        Self::load(&cfg, &weights, range, device, dtype)
+        Self::load(&cfg, &weights, range, device, dtype, quant)
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -191,3 +191,30 @@ fn sampling_is_seeded_and_stop_strings_cut() {
         assert_eq!(s[0].text, text[..text.find(&stop).unwrap()]);
     }
 }
+
+/// 8-bit and 4-bit weights: close to the full-precision logits, 4-bit less so than 8-bit.
+#[test]
+fn quantized_weights_stay_close_to_full_precision() {
+    let g = golden("tiny-qwen2");
+    let prompt = ids(&g["prompts"][1]["ids"]);
+    let want = g["prompts"][1]["logits"].as_array().unwrap();
+    let worst = |q| {
+        let mut o = options();
+        o.quantization = q;
+        let e = Engine::load(&fixture("tiny-qwen2"), &o).unwrap();
+        let got = e.prompt_logits(&prompt).unwrap();
+        let mut w = 0f32;
+        for (row, wrow) in got.iter().zip(want) {
+            for (a, b) in row.iter().zip(wrow.as_array().unwrap()) {
+                w = w.max((a - b.as_f64().unwrap() as f32).abs());
+            }
+        }
+        w
+    };
+    let q8 = worst(ibench_shared::Quantization::Int8);
+    assert!(q8 > 0.0 && q8 < 0.25, "8-bit max |logit diff| {q8}");
+    if options().device != ibench_worker::DeviceSpec::Cpu {
+        let q4 = worst(ibench_shared::Quantization::Int4);
+        assert!(q4 > q8 && q4 < 1.0, "4-bit max |logit diff| {q4} (8-bit {q8})");
+    }
+}
