@@ -12,10 +12,12 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::hf::ModelConfig;
+use crate::Quantization;
 
 /// One compute device as a worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +128,28 @@ pub struct StageAssignment {
     pub layers: Range<usize>,
     /// Memory the stage is expected to use.
     pub bytes: u64,
+}
+
+/// Where a stage's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelSource {
+    /// A model folder, at the same path on every host.
+    Path(PathBuf),
+    /// A name in the worker's model registry.
+    Registry(String),
+}
+
+/// A stage to load on a worker: a model, a layer range, a device, a precision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSpec {
+    /// Chosen by the coordinator, unique in the cluster.
+    pub stage_id: String,
+    pub model: ModelSource,
+    pub layers: Range<usize>,
+    pub device: String,
+    /// `f32` or `bf16`; `None`: the device's default.
+    pub dtype: Option<String>,
+    pub quantization: Quantization,
 }
 
 /// Where one model goes: its stages in pipeline order.
