@@ -105,6 +105,16 @@ impl ModelDemand {
     }
 }
 
+/// Bits a weight takes in memory: the compute dtype's, or the quantized size with its per-block
+/// scales (8.5 and 4.5 bits, rounded up).
+pub fn weight_bits(quantization: Quantization, dtype_bytes: u64) -> u64 {
+    match quantization {
+        Quantization::None => dtype_bytes * 8,
+        Quantization::Int8 => 9,
+        Quantization::Int4 => 5,
+    }
+}
+
 /// Knobs of the placement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlacementOptions {

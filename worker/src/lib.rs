@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod loading;
 pub mod model;
 pub mod sampling;
+pub mod server;
 pub mod stage;
 
 pub use chat::ChatTokenizer;
