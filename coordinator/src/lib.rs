@@ -2,4 +2,5 @@
 //! result store, reports, and (later) the cluster control plane.
 
 pub mod cli;
+pub mod cluster;
 pub mod eval;

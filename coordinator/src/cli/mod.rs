@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod cluster;
 pub mod compare;
 pub mod gguf;
 pub mod models;
@@ -64,6 +65,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Compare models in simulated multi-turn consultations, judged by an LLM.
     Compare(compare::CompareArgs),
+    /// Run the cluster coordinator: workers register here and models are placed on them.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run a cluster worker: serve pipeline stages on local devices for a coordinator.
+    Worker(cluster::WorkerArgs),
 }
 
 /// Runs a parsed command line; errors are printed once, with their causes, and give exit code 1.
@@ -77,6 +82,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::FetchModel(a) => gguf::fetch(&cli.global, a),
         Command::Compare(a) => compare::run(&cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Coordinator(a) => cluster::coordinator(&cli.global, a),
+        Command::Worker(a) => cluster::worker(&cli.global, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

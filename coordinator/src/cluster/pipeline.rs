@@ -1,0 +1,823 @@
+//! A model placed on the cluster as a chain of stages, and the generation loop over it.
+//!
+//! The loop mirrors [`ibench_worker::Engine::generate`] (continuous batching: waiting requests
+//! join and are prefilled together, then all active sequences decode one token per step; sampling
+//! here, in the coordinator), so a pipeline gives the tokens of the in-process engine. One step is
+//! one `Forward` call to the first stage, which relays through the rest of the chain.
+//!
+//! When a step fails, every stage's worker is asked for its status: stages on dead workers (or
+//! that a restarted worker no longer has) are placed again on the live workers, and every active
+//! sequence is replayed (its prompt and the tokens generated so far prefilled afresh), so the
+//! output is the same as without the failure.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ibench_proto::convert::{Hop, OutputKind, SeqChunk, Step, StepInput, StepOutput};
+use ibench_proto::v1 as pb;
+use ibench_shared::hf::ModelConfig;
+use ibench_shared::placement::{
+    self, weight_bits, ModelDemand, ModelSource, PlacementOptions, StageSpec,
+};
+use ibench_shared::{FinishReason, GenerationParams, Quantization};
+use ibench_worker::sampling::{log_softmax, Sampler};
+use ibench_worker::{ChatTokenizer, GenerateOutput, GenerateRequest};
+use tonic::Request;
+
+use super::registry::WorkerRegistry;
+use super::ClusterError;
+use crate::eval::backend::BoxFuture;
+
+/// Called after every completed step with the number of steps so far (tests use it to fail a
+/// worker at a known point).
+pub type StepHook = Arc<dyn Fn(u64) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How models are placed and run on the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Most sequences decoded together in one step.
+    pub max_batch: usize,
+    /// KV-cache tokens reserved per model when placing it.
+    pub kv_tokens: u64,
+    /// Split every model into at least this many stages.
+    pub min_stages: usize,
+    /// `f32` or `bf16` for every stage; `None`: each device's default.
+    pub dtype: Option<String>,
+    pub placement: PlacementOptions,
+    /// Re-placements one generate call may go through before it gives up.
+    pub max_recoveries: usize,
+    /// Longest one step (or one stage load) may take.
+    pub rpc_timeout: Duration,
+    /// Largest activation or logits payload of one step; bigger prefills are split.
+    pub max_step_bytes: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            kv_tokens: 16_384,
+            min_stages: 1,
+            dtype: None,
+            placement: PlacementOptions::default(),
+            max_recoveries: 3,
+            rpc_timeout: Duration::from_secs(600),
+            max_step_bytes: ibench_proto::MAX_MESSAGE_BYTES * 3 / 4,
+        }
+    }
+}
+
+/// One loaded stage of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PlacedStage {
+    pub id: String,
+    pub worker: String,
+    pub address: String,
+    pub device: String,
+    pub layers: Range<usize>,
+    pub bytes: u64,
+}
+
+/// A model loaded on the cluster.
+pub struct Pipeline {
+    model: String,
+    folder: PathBuf,
+    quantization: Quantization,
+    cfg: ModelConfig,
+    demand: ModelDemand,
+    tokenizer: ChatTokenizer,
+    registry: Arc<WorkerRegistry>,
+    opts: ClusterOptions,
+    stages: Vec<PlacedStage>,
+    next_seq: u64,
+    next_stage: u64,
+    steps: u64,
+    recoveries: u64,
+    hook: Option<StepHook>,
+}
+
+/// A sequence being generated.
+struct Seq {
+    index: usize,
+    id: u64,
+    /// Prompt then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens the stages' caches hold.
+    cached: usize,
+    sampler: Sampler,
+    params: GenerationParams,
+}
+
+impl Seq {
+    fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+}
+
+/// A failed step: whether placing stages again may help.
+struct StepError {
+    status: tonic::Status,
+}
+
+fn timeout<T>(msg: T, t: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(t);
+    r
+}
+
+impl Pipeline {
+    /// Places `model` (its folder is read here for the config and tokenizer, and by the workers
+    /// at the same path) and loads its stages.
+    pub async fn load(
+        model: &str,
+        folder: &Path,
+        quantization: Quantization,
+        registry: Arc<WorkerRegistry>,
+        opts: ClusterOptions,
+    ) -> Result<Self, ClusterError> {
+        let err = |why: String| ClusterError::Model {
+            model: model.to_string(),
+            why,
+        };
+        let cfg = ModelConfig::from_folder(folder).map_err(|e| err(e.to_string()))?;
+        let tokenizer = ChatTokenizer::from_folder(folder).map_err(|e| err(e.to_string()))?;
+        let slots = registry.slots();
+        // bf16 on GPUs, f32 on CPUs unless told.
+        let dtype_bytes = match opts.dtype.as_deref() {
+            Some("f32" | "float32") => 4,
+            Some(_) => 2,
+            None if slots.iter().all(|s| s.device == "cpu") => 4,
+            None => 2,
+        };
+        let mut demand = ModelDemand::from_config(
+            model,
+            &cfg,
+            weight_bits(quantization, dtype_bytes),
+            opts.kv_tokens,
+            dtype_bytes,
+        );
+        demand.min_stages = opts.min_stages;
+        let mut p = Self {
+            model: model.to_string(),
+            folder: folder.to_path_buf(),
+            quantization,
+            cfg,
+            demand,
+            tokenizer,
+            registry,
+            opts,
+            stages: Vec::new(),
+            next_seq: 0,
+            next_stage: 0,
+            steps: 0,
+            recoveries: 0,
+            hook: None,
+        };
+        let placed = placement::place(std::slice::from_ref(&p.demand), &slots, &p.opts.placement)?;
+        let stages = p.load_assignments(&placed[0].stages, 0).await?;
+        tracing::info!(model, stages = ?stages.iter().map(|s| (&s.worker, &s.device, &s.layers)).collect::<Vec<_>>(), "model placed");
+        p.stages = stages;
+        Ok(p)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn tokenizer(&self) -> &ChatTokenizer {
+        &self.tokenizer
+    }
+    pub fn stages(&self) -> &[PlacedStage] {
+        &self.stages
+    }
+    /// Re-placements so far.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries
+    }
+    pub fn set_step_hook(&mut self, hook: StepHook) {
+        self.hook = Some(hook);
+    }
+
+    /// Loads assignments whose layers are relative to `offset`, all at once; on a failure the
+    /// ones that loaded are unloaded again.
+    async fn load_assignments(
+        &mut self,
+        assignments: &[placement::StageAssignment],
+        offset: usize,
+    ) -> Result<Vec<PlacedStage>, ClusterError> {
+        let mut calls = Vec::new();
+        for a in assignments {
+            self.next_stage += 1;
+            let layers = a.layers.start + offset..a.layers.end + offset;
+            let id = format!(
+                "{}/{}-{}/{}",
+                self.model, layers.start, layers.end, self.next_stage
+            );
+            let w = self
+                .registry
+                .get(&a.worker)
+                .ok_or_else(|| ClusterError::Worker {
+                    worker: a.worker.clone(),
+                    address: String::new(),
+                    action: "load a stage",
+                    status: "the worker left the cluster".into(),
+                })?;
+            let spec = StageSpec {
+                stage_id: id.clone(),
+                model: ModelSource::Path(self.folder.clone()),
+                layers: layers.clone(),
+                device: a.device.clone(),
+                dtype: self.opts.dtype.clone(),
+                quantization: self.quantization,
+            };
+            let stage = PlacedStage {
+                id,
+                worker: w.id.clone(),
+                address: w.address.clone(),
+                device: a.device.clone(),
+                layers,
+                bytes: a.bytes,
+            };
+            let mut client = w.client.clone();
+            let t = self.opts.rpc_timeout;
+            calls.push(async move {
+                let r = client
+                    .load_stage(timeout(pb::LoadStageRequest::from(spec), t))
+                    .await;
+                (stage, r)
+            });
+        }
+        let mut loaded = Vec::new();
+        let mut failure = None;
+        for (stage, r) in futures_util::future::join_all(calls).await {
+            match r {
+                Ok(_) => {
+                    self.registry
+                        .book(&stage.worker, &stage.device, stage.bytes, true);
+                    loaded.push(stage);
+                }
+                Err(s) => {
+                    failure.get_or_insert(ClusterError::Worker {
+                        worker: stage.worker.clone(),
+                        address: stage.address.clone(),
+                        action: "load a stage",
+                        status: s.message().to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.unload_stages(&loaded).await;
+            return Err(e);
+        }
+        Ok(loaded)
+    }
+
+    async fn unload_stages(&self, stages: &[PlacedStage]) {
+        let calls = stages.iter().filter_map(|s| {
+            let mut client = self.registry.get(&s.worker)?.client;
+            self.registry.book(&s.worker, &s.device, s.bytes, false);
+            let id = s.id.clone();
+            Some(async move {
+                if let Err(e) = client
+                    .unload_stage(timeout(
+                        pb::UnloadStageRequest {
+                            stage_id: id.clone(),
+                        },
+                        Duration::from_secs(30),
+                    ))
+                    .await
+                {
+                    tracing::warn!(stage = %id, error = %e.message(), "unload failed");
+                }
+            })
+        });
+        futures_util::future::join_all(calls).await;
+    }
+
+    /// Unloads every stage.
+    pub async fn unload(self) {
+        self.unload_stages(&self.stages).await;
+        tracing::info!(model = %self.model, "model unloaded");
+    }
+
+    /// Frees finished sequences' caches on every stage, in the background.
+    fn free(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        for s in &self.stages {
+            let Some(w) = self.registry.get(&s.worker) else {
+                continue;
+            };
+            let mut client = w.client;
+            let req = pb::FreeSequencesRequest {
+                stage_id: s.id.clone(),
+                seq_ids: ids.clone(),
+            };
+            tokio::spawn(async move {
+                let _ = client
+                    .free_sequences(timeout(req, Duration::from_secs(30)))
+                    .await;
+            });
+        }
+    }
+
+    /// One step through the chain.
+    async fn step(
+        &self,
+        seqs: Vec<SeqChunk>,
+        tokens: Vec<Vec<u32>>,
+        output: OutputKind,
+    ) -> Result<StepOutput, StepError> {
+        let first = &self.stages[0];
+        let step = Step {
+            stage_id: first.id.clone(),
+            seqs,
+            input: StepInput::Tokens(tokens),
+            next: self.stages[1..]
+                .iter()
+                .map(|s| Hop {
+                    address: s.address.clone(),
+                    stage_id: s.id.clone(),
+                })
+                .collect(),
+            output,
+        };
+        let mut client = match self.registry.get(&first.worker) {
+            Some(w) => w.client,
+            None => {
+                return Err(StepError {
+                    status: tonic::Status::unavailable(format!(
+                        "worker {} left the cluster",
+                        first.worker
+                    )),
+                })
+            }
+        };
+        let resp = client
+            .forward(timeout(
+                pb::ForwardRequest::from(step),
+                self.opts.rpc_timeout,
+            ))
+            .await
+            .map_err(|status| StepError { status })?;
+        StepOutput::try_from(resp.into_inner()).map_err(|e| StepError {
+            status: tonic::Status::internal(e.to_string()),
+        })
+    }
+
+    /// After a failed step: finds the stages that are gone and places and loads them again.
+    /// `Ok(false)`: every stage is fine, so the failure was not a lost worker.
+    async fn recover(&mut self, cause: &tonic::Status) -> Result<bool, ClusterError> {
+        let mut lost = vec![false; self.stages.len()];
+        let probes = self.stages.iter().map(|s| {
+            let w = self.registry.get(&s.worker);
+            async move {
+                let Some(w) = w else { return false };
+                let mut client = w.client;
+                match client
+                    .status(timeout(pb::StatusRequest {}, Duration::from_secs(3)))
+                    .await
+                {
+                    Ok(r) => r.get_ref().stages.iter().any(|x| x.stage_id == s.id),
+                    Err(_) => false,
+                }
+            }
+        });
+        let alive = futures_util::future::join_all(probes).await;
+        for (i, ok) in alive.iter().enumerate() {
+            if !ok {
+                lost[i] = true;
+                let s = &self.stages[i];
+                // A worker that answers but lost the stage restarted; one that does not is gone.
+                if self.registry.get(&s.worker).is_some() {
+                    let mut client = self.registry.get(&s.worker).expect("checked").client;
+                    if client
+                        .status(timeout(pb::StatusRequest {}, Duration::from_secs(3)))
+                        .await
+                        .is_err()
+                    {
+                        self.registry.remove(&s.worker);
+                    }
+                }
+            }
+        }
+        if !lost.iter().any(|&l| l) {
+            return Ok(false);
+        }
+        self.recoveries += 1;
+        tracing::warn!(model = %self.model, cause = %cause.message(),
+            lost = ?self.stages.iter().zip(&lost).filter(|(_, l)| **l).map(|(s, _)| (&s.worker, &s.layers)).collect::<Vec<_>>(),
+            "stages lost; placing them again");
+        // Consecutive lost stages become one layer range, placed like a model of its own.
+        let n = self.cfg.num_layers;
+        let mut new_stages = Vec::new();
+        let mut i = 0;
+        while i < self.stages.len() {
+            if !lost[i] {
+                new_stages.push(self.stages[i].clone());
+                i += 1;
+                continue;
+            }
+            let start = self.stages[i].layers.start;
+            while i < self.stages.len() && lost[i] {
+                i += 1;
+            }
+            let end = self.stages[i - 1].layers.end;
+            let sub = ModelDemand {
+                model: format!("{} layers {start}..{end}", self.model),
+                layer_bytes: self.demand.layer_bytes[start..end].to_vec(),
+                first_extra_bytes: if start == 0 {
+                    self.demand.first_extra_bytes
+                } else {
+                    0
+                },
+                last_extra_bytes: if end == n {
+                    self.demand.last_extra_bytes
+                } else {
+                    0
+                },
+                shared_extra_bytes: if start == 0 && end == n {
+                    self.demand.shared_extra_bytes
+                } else {
+                    0
+                },
+                min_stages: 1,
+            };
+            let placed = placement::place(
+                std::slice::from_ref(&sub),
+                &self.registry.slots(),
+                &self.opts.placement,
+            )?;
+            new_stages.extend(self.load_assignments(&placed[0].stages, start).await?);
+        }
+        for s in self
+            .stages
+            .iter()
+            .zip(&lost)
+            .filter(|(_, l)| **l)
+            .map(|(s, _)| s)
+        {
+            self.registry.book(&s.worker, &s.device, s.bytes, false);
+        }
+        tracing::info!(model = %self.model, stages = ?new_stages.iter().map(|s| (&s.worker, &s.layers)).collect::<Vec<_>>(), "model placed again");
+        self.stages = new_stages;
+        Ok(true)
+    }
+
+    /// Feeds every listed sequence its uncached tokens and answers with each one's last row:
+    /// logits, or the argmax token. Big prefills go in several steps within the size limit.
+    async fn feed(
+        &mut self,
+        seqs: &mut [Seq],
+        which: &[usize],
+        want_logits: bool,
+    ) -> Result<Vec<StepRow>, ClusterError> {
+        let mut attempts = 0;
+        'retry: loop {
+            let output = if want_logits || which.iter().any(|&i| !seqs[i].params.is_greedy()) {
+                OutputKind::Logits
+            } else {
+                OutputKind::Argmax
+            };
+            let max_positions = (self.opts.max_step_bytes / (self.cfg.hidden_size * 4)).max(1);
+            let max_rows = match output {
+                OutputKind::Logits => (self.opts.max_step_bytes / (self.cfg.vocab_size * 4)).max(1),
+                OutputKind::Argmax => usize::MAX,
+            };
+            let lens: Vec<usize> = which
+                .iter()
+                .map(|&i| seqs[i].tokens.len() - seqs[i].cached)
+                .collect();
+            let mut rows: Vec<Option<StepRow>> = vec![None; which.len()];
+            for group in plan_steps(&lens, max_positions, max_rows) {
+                let mut chunks = Vec::with_capacity(group.len());
+                let mut tokens = Vec::with_capacity(group.len());
+                for &(k, ref piece) in &group {
+                    let s = &seqs[which[k]];
+                    let at = s.cached + piece.start;
+                    chunks.push(SeqChunk {
+                        seq_id: s.id,
+                        start: at,
+                        len: piece.len(),
+                    });
+                    tokens.push(s.tokens[at..s.cached + piece.end].to_vec());
+                }
+                match self.step(chunks, tokens, output).await {
+                    Ok(out) => {
+                        self.steps += 1;
+                        for (r, &(k, ref piece)) in group.iter().enumerate() {
+                            if piece.end == lens[k] {
+                                rows[k] = Some(match &out {
+                                    StepOutput::Tokens(t) => StepRow::Token(t[r]),
+                                    StepOutput::Logits { data, vocab, .. } => {
+                                        StepRow::Logits(data[r * vocab..(r + 1) * vocab].to_vec())
+                                    }
+                                });
+                            }
+                        }
+                        if let Some(h) = &self.hook {
+                            h(self.steps).await;
+                        }
+                    }
+                    Err(e) => {
+                        let code = e.status.code();
+                        if matches!(
+                            code,
+                            tonic::Code::InvalidArgument
+                                | tonic::Code::Unauthenticated
+                                | tonic::Code::PermissionDenied
+                        ) {
+                            return Err(ClusterError::Model {
+                                model: self.model.clone(),
+                                why: e.status.message().to_string(),
+                            });
+                        }
+                        attempts += 1;
+                        if attempts > self.opts.max_recoveries {
+                            return Err(ClusterError::GaveUp {
+                                model: self.model.clone(),
+                                attempts: attempts - 1,
+                                last: e.status.message().to_string(),
+                            });
+                        }
+                        let replaced = self.recover(&e.status).await?;
+                        if !replaced
+                            && !matches!(
+                                code,
+                                tonic::Code::Unavailable
+                                    | tonic::Code::DeadlineExceeded
+                                    | tonic::Code::FailedPrecondition
+                                    | tonic::Code::NotFound
+                                    | tonic::Code::Unknown
+                            )
+                        {
+                            return Err(ClusterError::Model {
+                                model: self.model.clone(),
+                                why: e.status.message().to_string(),
+                            });
+                        }
+                        // Every cache may be gone or partly written: replay all sequences.
+                        for s in seqs.iter_mut() {
+                            s.cached = 0;
+                        }
+                        continue 'retry;
+                    }
+                }
+            }
+            for &i in which {
+                seqs[i].cached = seqs[i].tokens.len();
+            }
+            return Ok(rows
+                .into_iter()
+                .map(|r| r.expect("every sequence's last piece ran"))
+                .collect());
+        }
+    }
+
+    fn check_prompt(&self, index: usize, ids: &[u32]) -> Result<(), ClusterError> {
+        let bad = |why: String| Err(ClusterError::Request { index, why });
+        let context = self.cfg.max_position_embeddings;
+        if ids.is_empty() {
+            return bad("empty prompt".into());
+        }
+        if ids.len() + 1 > context {
+            return bad(format!("the prompt has {} tokens but the model's context is {context} tokens; shorten the conversation", ids.len()));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return bad(format!(
+                "token id {id} is outside the vocabulary ({} entries)",
+                self.cfg.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Generates for every request, batched; outputs in request order.
+    pub async fn generate(
+        &mut self,
+        reqs: &[GenerateRequest],
+    ) -> Result<Vec<GenerateOutput>, ClusterError> {
+        for (i, r) in reqs.iter().enumerate() {
+            r.params.validate().map_err(|e| ClusterError::Request {
+                index: i,
+                why: e.to_string(),
+            })?;
+            self.check_prompt(i, &r.prompt_ids)?;
+        }
+        let mut out: Vec<Option<GenerateOutput>> = vec![None; reqs.len()];
+        let mut waiting: std::collections::VecDeque<usize> = (0..reqs.len()).collect();
+        let mut active: Vec<Seq> = Vec::new();
+        let max_batch = self.opts.max_batch.max(1);
+        while !waiting.is_empty() || !active.is_empty() {
+            while active.len() < max_batch {
+                let Some(i) = waiting.pop_front() else { break };
+                self.next_seq += 1;
+                active.push(Seq {
+                    index: i,
+                    id: self.next_seq,
+                    tokens: reqs[i].prompt_ids.clone(),
+                    prompt_len: reqs[i].prompt_ids.len(),
+                    cached: 0,
+                    sampler: Sampler::new(&reqs[i].params),
+                    params: reqs[i].params.clone(),
+                });
+            }
+            // As the engine: sequences to prefill (new ones, or all after a failure) step alone;
+            // otherwise every active sequence decodes one token.
+            let mut which: Vec<usize> = (0..active.len())
+                .filter(|&i| active[i].cached == 0)
+                .collect();
+            if which.is_empty() {
+                which = (0..active.len()).collect();
+            }
+            let rows = self.feed(&mut active, &which, false).await?;
+            for (&i, row) in which.iter().zip(rows) {
+                let s = &mut active[i];
+                let t = match row {
+                    StepRow::Token(t) => t,
+                    StepRow::Logits(l) => s.sampler.sample(&l),
+                };
+                s.tokens.push(t);
+            }
+            let mut still = Vec::with_capacity(active.len());
+            let mut done_ids = Vec::new();
+            for s in active {
+                match self.finished(&s)? {
+                    Some(o) => {
+                        done_ids.push(s.id);
+                        out[s.index] = Some(o);
+                    }
+                    None => still.push(s),
+                }
+            }
+            active = still;
+            self.free(done_ids);
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request finishes"))
+            .collect())
+    }
+
+    /// The finish rules of the engine: eos, stop strings, max_new_tokens, the context window.
+    fn finished(&self, s: &Seq) -> Result<Option<GenerateOutput>, ClusterError> {
+        let generated = s.generated();
+        let last = *generated.last().expect("at least one token");
+        let decode = |ids: &[u32]| {
+            self.tokenizer.decode(ids).map_err(|e| ClusterError::Model {
+                model: self.model.clone(),
+                why: e.to_string(),
+            })
+        };
+        let done = |reason, text: String| {
+            Ok(Some(GenerateOutput {
+                text,
+                token_ids: generated.to_vec(),
+                prompt_token_ids: s.tokens[..s.prompt_len].to_vec(),
+                finish_reason: reason,
+            }))
+        };
+        if self.cfg.eos_token_ids.contains(&last) {
+            return done(
+                FinishReason::Eos,
+                decode(&generated[..generated.len() - 1])?,
+            );
+        }
+        if !s.params.stop.is_empty() {
+            let text = decode(generated)?;
+            if let Some(cut) = s
+                .params
+                .stop
+                .iter()
+                .filter_map(|x| text.find(x.as_str()))
+                .min()
+            {
+                return done(FinishReason::Stop, text[..cut].to_string());
+            }
+        }
+        if generated.len() >= s.params.max_new_tokens {
+            return done(FinishReason::Length, decode(generated)?);
+        }
+        if s.tokens.len() >= self.cfg.max_position_embeddings {
+            return done(FinishReason::ContextFull, decode(generated)?);
+        }
+        Ok(None)
+    }
+
+    /// log-softmax over the vocabulary for the token after each prompt.
+    pub async fn next_token_logprobs(
+        &mut self,
+        prompts: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, ClusterError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for batch in prompts.chunks(self.opts.max_batch.max(1)) {
+            let mut seqs = Vec::with_capacity(batch.len());
+            for (i, p) in batch.iter().enumerate() {
+                self.check_prompt(i, p)?;
+                self.next_seq += 1;
+                seqs.push(Seq {
+                    index: i,
+                    id: self.next_seq,
+                    tokens: p.clone(),
+                    prompt_len: p.len(),
+                    cached: 0,
+                    sampler: Sampler::new(&GenerationParams::default()),
+                    params: GenerationParams::default(),
+                });
+            }
+            let which: Vec<usize> = (0..seqs.len()).collect();
+            let rows = self.feed(&mut seqs, &which, true).await?;
+            self.free(seqs.iter().map(|s| s.id).collect());
+            for r in rows {
+                match r {
+                    StepRow::Logits(l) => out.push(log_softmax(&l)),
+                    StepRow::Token(_) => unreachable!("logits were asked for"),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The last row of one sequence in a step.
+#[derive(Debug, Clone)]
+enum StepRow {
+    Token(u32),
+    Logits(Vec<f32>),
+}
+
+/// Splits chunks of `lens` tokens into steps of at most `max_positions` padded positions
+/// (sequences x longest piece) and `max_rows` sequences: round r holds every chunk's r-th piece,
+/// so a sequence's pieces run in order. Each step lists (chunk index, token range in the chunk).
+fn plan_steps(
+    lens: &[usize],
+    max_positions: usize,
+    max_rows: usize,
+) -> Vec<Vec<(usize, Range<usize>)>> {
+    let piece = max_positions.max(1);
+    let rounds = lens.iter().map(|l| l.div_ceil(piece)).max().unwrap_or(0);
+    let mut steps = Vec::new();
+    for r in 0..rounds {
+        let mut cur: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut longest = 0;
+        for (k, &len) in lens.iter().enumerate() {
+            let start = r * piece;
+            if start >= len {
+                continue;
+            }
+            let range = start..(start + piece).min(len);
+            let l = longest.max(range.len());
+            if !cur.is_empty() && ((cur.len() + 1) * l > max_positions || cur.len() + 1 > max_rows)
+            {
+                steps.push(std::mem::take(&mut cur));
+                longest = 0;
+            }
+            longest = longest.max(range.len());
+            cur.push((k, range));
+        }
+        if !cur.is_empty() {
+            steps.push(cur);
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_steps;
+
+    #[test]
+    fn small_batches_are_one_step() {
+        assert_eq!(
+            plan_steps(&[3, 5, 1], 100, 32),
+            vec![vec![(0, 0..3), (1, 0..5), (2, 0..1)]]
+        );
+    }
+
+    #[test]
+    fn big_prefills_split_by_positions_rows_and_pieces() {
+        // 3 x 5 positions > 12: two steps.
+        assert_eq!(
+            plan_steps(&[5, 5, 5], 12, 32),
+            vec![vec![(0, 0..5), (1, 0..5)], vec![(2, 0..5)]]
+        );
+        assert_eq!(
+            plan_steps(&[1, 1, 1], 100, 2),
+            vec![vec![(0, 0..1), (1, 0..1)], vec![(2, 0..1)]]
+        );
+        // A 10-token chunk with 4 positions per step: pieces in order, one per round.
+        assert_eq!(
+            plan_steps(&[10, 2], 4, 32),
+            vec![
+                vec![(0, 0..4)],
+                vec![(1, 0..2)],
+                vec![(0, 4..8)],
+                vec![(0, 8..10)]
+            ]
+        );
+    }
+}
