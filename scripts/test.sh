@@ -12,8 +12,8 @@ export IBENCH_HOME
 export IBENCH_MODELS_DIR="${IBENCH_MODELS_DIR:-$IBENCH_HOME/models}"
 export IBENCH_REGISTRY="${IBENCH_REGISTRY:-$IBENCH_HOME/models.toml}"
 
-cargo build --workspace --locked
+cargo build --workspace
 for m in smollm2-135m-instruct qwen2.5-coder-0.5b-instruct; do
     ./target/debug/ibench fetch-model "$m" --dir "$IBENCH_MODELS_DIR"
 done
-cargo test --workspace --locked
+cargo test --workspace
