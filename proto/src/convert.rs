@@ -215,7 +215,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn bytes_f32(field: &'static str, b: &[u8]) -> Result<Vec<f32>, ConvertError> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(invalid(
             field,
             format!("{} bytes is not a whole number of float32 values", b.len()),

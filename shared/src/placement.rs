@@ -280,6 +280,9 @@ fn does_not_fit(
     }
 }
 
+/// Stages as (device index, layers).
+type Split = Vec<(usize, Range<usize>)>;
+
 /// Stages of one model as (device index, layers); `DoesNotFit` is filled in by the caller.
 fn place_one(
     m: &ModelDemand,
@@ -333,7 +336,7 @@ fn place_one(
         list.sort_by_key(|&d| (std::cmp::Reverse(free[d]), d));
     }
     // 2. Devices of one worker: fewest devices, then the worker with the least free memory.
-    let mut best: Option<(usize, u64, Vec<(usize, Range<usize>)>)> = None;
+    let mut best: Option<(usize, u64, Split)> = None;
     for (_, list) in &workers {
         let total: u64 = list.iter().map(|&d| free[d]).sum();
         for k in k_min..=list.len().min(n) {
