@@ -2,6 +2,7 @@
 //! without calling again; a new result is stored the moment it arrives. Counts of issued, replayed
 //! and failed calls per role feed the report.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +63,10 @@ pub struct Calls {
     store: Arc<Store>,
     tallies: [Tally; 3],
     failures: Mutex<Vec<Failure>>,
+    /// Calls running now, by key: a second caller waits for the first.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Keys completed by this process or already counted as replayed.
+    seen: Mutex<HashSet<String>>,
 }
 
 fn idx(r: Role) -> usize {
@@ -70,7 +75,13 @@ fn idx(r: Role) -> usize {
 
 impl Calls {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store, tallies: Default::default(), failures: Mutex::new(Vec::new()) }
+        Self {
+            store,
+            tallies: Default::default(),
+            failures: Mutex::new(Vec::new()),
+            inflight: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashSet::new()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -93,38 +104,21 @@ impl Calls {
         RoleCounts { issued: t.issued.load(Ordering::Relaxed), replayed: t.replayed.load(Ordering::Relaxed), failed }
     }
 
-    /// Looks every request up; returns the stored answers and the keys of the misses.
-    fn lookup<T: serde::de::DeserializeOwned>(
-        &self,
-        role: Role,
-        op: &str,
-        actor: &str,
-        reqs: &[Value],
-    ) -> (Vec<Option<Result<T, CallError>>>, Vec<String>) {
-        let keys: Vec<String> = reqs.iter().map(|r| call_key(op, actor, r)).collect();
-        let mut out = Vec::with_capacity(reqs.len());
-        for k in &keys {
-            match self.store.get::<T>(k) {
-                Ok(Some(v)) => {
-                    self.tallies[idx(role)].replayed.fetch_add(1, Ordering::Relaxed);
-                    out.push(Some(Ok(v)));
-                }
-                Ok(None) => out.push(None),
-                Err(e) => out.push(Some(Err(CallError::Engine(format!("store: {e}"))))),
-            }
-        }
-        (out, keys)
-    }
-
-    fn save<T: Serialize>(&self, role: Role, label: &str, actor: &str, key: &str, req: &Value, resp: &T) {
-        self.tallies[idx(role)].issued.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.store.put(key, label, actor, req, resp) {
-            // The result is still used; only resumability of this one call is lost.
-            tracing::error!(error = %e, "could not store a completed call");
+    /// Waits until the call `key` that another caller runs now completes (at once if none).
+    async fn wait_for(&self, key: &str) {
+        let Some(notify) = self.inflight.lock().expect("inflight lock").get(key).cloned() else { return };
+        let fut = notify.notified();
+        tokio::pin!(fut);
+        fut.as_mut().enable();
+        // The runner may have finished between the lookup and `enable`.
+        let same = self.inflight.lock().expect("inflight lock").get(key).is_some_and(|n| Arc::ptr_eq(n, &notify));
+        if same {
+            fut.await;
         }
     }
 
-    /// Generic: look up, run the misses as one batch, store each success.
+    /// Generic: look up; run the misses as one batch, each distinct call once (a call that is
+    /// already running for another caller is waited for, not repeated); store each success.
     async fn cached<R, T, F, Fut>(
         &self,
         role: Role,
@@ -135,31 +129,76 @@ impl Calls {
         run: F,
     ) -> Vec<Result<T, CallError>>
     where
-        R: Serialize,
-        T: Serialize + serde::de::DeserializeOwned,
-        F: FnOnce(Vec<R>) -> Fut,
+        R: Serialize + Clone,
+        T: Serialize + serde::de::DeserializeOwned + Clone,
+        F: Fn(Vec<R>) -> Fut,
         Fut: std::future::Future<Output = Vec<Result<T, CallError>>>,
     {
         let values: Vec<Value> = reqs.iter().map(|r| serde_json::to_value(r).expect("requests serialize")).collect();
-        let (mut out, keys) = self.lookup::<T>(role, op, actor, &values);
-        let mut miss_idx = Vec::new();
-        let mut misses = Vec::new();
-        for (i, r) in reqs.into_iter().enumerate() {
-            if out[i].is_none() {
-                miss_idx.push(i);
-                misses.push(r);
-            }
-        }
-        if !misses.is_empty() {
-            let results = run(misses).await;
-            for (i, res) in miss_idx.into_iter().zip(results) {
-                if let Ok(v) = &res {
-                    self.save(role, label, actor, &keys[i], &values[i], v);
+        let keys: Vec<String> = values.iter().map(|v| call_key(op, actor, v)).collect();
+        let mut out: Vec<Option<Result<T, CallError>>> = vec![None; reqs.len()];
+        let mut pending: Vec<usize> = (0..reqs.len()).collect();
+        while !pending.is_empty() {
+            let mut leaders: Vec<usize> = Vec::new();
+            let mut waiters: Vec<usize> = Vec::new();
+            let mut dups: Vec<(usize, usize)> = Vec::new();
+            for &i in &pending {
+                match self.store.get::<T>(&keys[i]) {
+                    Ok(Some(v)) => {
+                        // A replay is a call completed by an earlier run, counted once.
+                        if self.seen.lock().expect("seen lock").insert(keys[i].clone()) {
+                            self.tallies[idx(role)].replayed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        out[i] = Some(Ok(v));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        out[i] = Some(Err(CallError::Engine(format!("store: {e}"))));
+                        continue;
+                    }
+                }
+                if let Some(&j) = leaders.iter().find(|&&j| keys[j] == keys[i]) {
+                    dups.push((i, j));
+                    continue;
+                }
+                let mut inflight = self.inflight.lock().expect("inflight lock");
+                if inflight.contains_key(&keys[i]) {
+                    waiters.push(i);
                 } else {
-                    self.tallies[idx(role)].issued.fetch_add(1, Ordering::Relaxed);
+                    inflight.insert(keys[i].clone(), Arc::new(tokio::sync::Notify::new()));
+                    leaders.push(i);
+                }
+            }
+            let batch: Vec<R> = leaders.iter().map(|&i| reqs[i].clone()).collect();
+            let run_leaders = async {
+                if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    run(batch).await
+                }
+            };
+            let wait_all = futures_util::future::join_all(waiters.iter().map(|&i| self.wait_for(&keys[i])));
+            let (results, _) = futures_util::future::join(run_leaders, wait_all).await;
+            for (&i, res) in leaders.iter().zip(results) {
+                self.tallies[idx(role)].issued.fetch_add(1, Ordering::Relaxed);
+                if let Ok(v) = &res {
+                    self.seen.lock().expect("seen lock").insert(keys[i].clone());
+                    if let Err(e) = self.store.put(&keys[i], label, actor, &values[i], v) {
+                        // The result is still used; only resumability of this one call is lost.
+                        tracing::error!(error = %e, "could not store a completed call");
+                    }
                 }
                 out[i] = Some(res);
+                if let Some(n) = self.inflight.lock().expect("inflight lock").remove(&keys[i]) {
+                    n.notify_waiters();
+                }
             }
+            for (i, j) in dups {
+                out[i] = out[j].clone();
+            }
+            // Waiters look in the store again; one whose runner failed runs it itself.
+            pending = waiters;
         }
         out.into_iter().map(|o| o.expect("every request answered")).collect()
     }

@@ -73,7 +73,7 @@ struct Worker {
 pub struct InProcessPool {
     registry: Registry,
     device: Option<DeviceSpec>,
-    workers: Mutex<HashMap<String, Arc<Mutex<Option<Worker>>>>>,
+    workers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Worker>>>>>,
 }
 
 impl InProcessPool {
@@ -100,15 +100,13 @@ impl InProcessPool {
         }
     }
 
-    /// The sender of a loaded model's thread, loading it first if needed.
+    /// The sender of a loaded model's thread, loading it first if needed. Concurrent callers
+    /// for the same model wait for one load.
     async fn sender(&self, model: &str) -> Result<mpsc::Sender<Job>, PoolError> {
         let slot = self.workers.lock().expect("pool lock").entry(model.to_string()).or_default().clone();
-        // Take the slot out to load without holding a lock across an await.
-        {
-            let guard = slot.lock().expect("slot lock");
-            if let Some(w) = guard.as_ref() {
-                return Ok(w.tx.clone());
-            }
+        let mut guard = slot.lock().await;
+        if let Some(w) = guard.as_ref() {
+            return Ok(w.tx.clone());
         }
         let spec = self.spec(model)?;
         let opts =
@@ -124,13 +122,6 @@ impl InProcessPool {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(PoolError::Stopped(model.into())),
-        }
-        let mut guard = slot.lock().expect("slot lock");
-        if let Some(w) = guard.as_ref() {
-            // Another caller loaded it meanwhile: keep theirs, let ours end.
-            drop(tx);
-            let _ = thread.join();
-            return Ok(w.tx.clone());
         }
         *guard = Some(Worker { tx: tx.clone(), thread });
         Ok(tx)
@@ -152,7 +143,10 @@ impl ModelPool for InProcessPool {
         let slot = self.workers.lock().expect("pool lock").remove(model);
         let model = model.to_string();
         Box::pin(async move {
-            let worker = slot.and_then(|s| s.lock().expect("slot lock").take());
+            let worker = match slot {
+                Some(s) => s.lock().await.take(),
+                None => None,
+            };
             if let Some(w) = worker {
                 drop(w.tx);
                 // The thread ends when its queue closes, dropping the engine and its memory.

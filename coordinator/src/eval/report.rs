@@ -389,7 +389,7 @@ fn markdown(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         "| Model | Scored | Overall | {} | Facts elicited | Turns | Red flags elicited | Red flags caught | Failed |",
         head.join(" | ")
     );
-    let _ = writeln!(o, "|{}", "---|".repeat(9 + head.len()));
+    let _ = writeln!(o, "|{}", "---|".repeat(8 + head.len()));
     for m in &s.models {
         let dims: Vec<String> = dimension_keys().map(|k| est(m.dims.get(k))).collect();
         let _ = writeln!(
