@@ -158,7 +158,6 @@ pub fn import_gguf_with_progress(
         &tokenizer_config_json(&vocab, hp.context_length),
     )?;
 
-    drop(write_json);
     let (params, st_bytes) = write_safetensors(
         &g,
         &hp,
@@ -621,7 +620,7 @@ fn write_safetensors(
         json!({"format": "pt", "source": "gguf", "gguf_architecture": hp.gguf_arch}),
     );
     let mut head = serde_json::to_vec(&Value::Object(header)).expect("header serializes");
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let werr = |source| GgufError::Write {

@@ -143,7 +143,8 @@ impl GgmlType {
     /// Bytes that `n` elements take, or `None` for an unknown type or a partial block.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (block, size) = self.block_layout()?;
-        (n % block as u64 == 0).then(|| n / block as u64 * size as u64)
+        n.is_multiple_of(block as u64)
+            .then(|| n / block as u64 * size as u64)
     }
 }
 
@@ -183,7 +184,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Dequa
         return Err(DequantError::Unsupported(ty));
     }
     let (block, size) = ty.block_layout().ok_or(DequantError::Unsupported(ty))?;
-    if dst.len() % block != 0 {
+    if !dst.len().is_multiple_of(block) {
         return Err(DequantError::PartialBlock {
             ty,
             elements: dst.len(),

@@ -390,7 +390,6 @@ impl GgufFile {
                 }
             }
         }
-        drop(c);
         Ok(Self {
             path: path.to_path_buf(),
             map,
