@@ -372,37 +372,24 @@ impl Pipeline {
     /// After a failed step: finds the stages that are gone and places and loads them again.
     /// `Ok(false)`: every stage is fine, so the failure was not a lost worker.
     async fn recover(&mut self, cause: &tonic::Status) -> Result<bool, ClusterError> {
-        let mut lost = vec![false; self.stages.len()];
+        // Per stage: `None` when its worker does not answer (gone), else whether it still has the
+        // stage (a restarted worker answers without it).
         let probes = self.stages.iter().map(|s| {
             let w = self.registry.get(&s.worker);
             async move {
-                let Some(w) = w else { return false };
-                let mut client = w.client;
-                match client
+                let mut client = w?.client;
+                let r = client
                     .status(timeout(pb::StatusRequest {}, Duration::from_secs(3)))
                     .await
-                {
-                    Ok(r) => r.get_ref().stages.iter().any(|x| x.stage_id == s.id),
-                    Err(_) => false,
-                }
+                    .ok()?;
+                Some(r.get_ref().stages.iter().any(|x| x.stage_id == s.id))
             }
         });
-        let alive = futures_util::future::join_all(probes).await;
-        for (i, ok) in alive.iter().enumerate() {
-            if !ok {
-                lost[i] = true;
-                let s = &self.stages[i];
-                // A worker that answers but lost the stage restarted; one that does not is gone.
-                if self.registry.get(&s.worker).is_some() {
-                    let mut client = self.registry.get(&s.worker).expect("checked").client;
-                    if client
-                        .status(timeout(pb::StatusRequest {}, Duration::from_secs(3)))
-                        .await
-                        .is_err()
-                    {
-                        self.registry.remove(&s.worker);
-                    }
-                }
+        let probed = futures_util::future::join_all(probes).await;
+        let lost: Vec<bool> = probed.iter().map(|p| *p != Some(true)).collect();
+        for (s, p) in self.stages.iter().zip(&probed) {
+            if p.is_none() {
+                self.registry.remove(&s.worker);
             }
         }
         if !lost.iter().any(|&l| l) {
