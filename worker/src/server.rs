@@ -607,3 +607,139 @@ fn with_timeout<T>(msg: T, t: Duration) -> Request<T> {
     r.set_timeout(t);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ibench_proto::convert::SeqChunk;
+    use ibench_shared::Quantization;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen3")
+    }
+
+    fn spec(id: &str, layers: std::ops::Range<usize>) -> StageSpec {
+        StageSpec {
+            stage_id: id.into(),
+            model: ModelSource::Path(fixture()),
+            layers,
+            device: "cpu".into(),
+            dtype: None,
+            quantization: Quantization::None,
+        }
+    }
+
+    fn tokens(seq_id: u64, start: usize, ids: Vec<u32>, output: OutputKind) -> Step {
+        Step {
+            stage_id: "all".into(),
+            seqs: vec![SeqChunk {
+                seq_id,
+                start,
+                len: ids.len(),
+            }],
+            input: StepInput::Tokens(vec![ids]),
+            next: vec![],
+            output,
+        }
+    }
+
+    #[tokio::test]
+    async fn caches_follow_positions_and_are_freed() {
+        let s = StageServer::new(WorkerConfig {
+            devices: vec![DeviceSpec::Cpu],
+            token: None,
+            registry: None,
+            memory_limit: None,
+        });
+        s.load(spec("all", 0..3)).await.unwrap();
+        let StepOutput::Tokens(t) = s
+            .forward(tokens(1, 0, vec![72, 101, 108], OutputKind::Argmax))
+            .await
+            .unwrap()
+        else {
+            panic!("argmax asked for")
+        };
+        let StepOutput::Logits { rows, vocab, .. } = s
+            .forward(tokens(1, 3, t.clone(), OutputKind::Logits))
+            .await
+            .unwrap()
+        else {
+            panic!("logits asked for")
+        };
+        assert_eq!((rows, vocab), (1, 320));
+        // A step that does not continue where the cache ends is refused, and says so.
+        let e = s
+            .forward(tokens(1, 2, t.clone(), OutputKind::Argmax))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StageError::CacheMismatch {
+                    cached: 4,
+                    start: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(Status::from(e).code(), tonic::Code::FailedPrecondition);
+        // Position 0 restarts the sequence (a replay).
+        s.forward(tokens(1, 0, vec![72], OutputKind::Argmax))
+            .await
+            .unwrap();
+        let e = s
+            .forward(tokens(9, 5, vec![1], OutputKind::Argmax))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StageError::CacheMismatch { cached: 0, .. }),
+            "{e}"
+        );
+        // A first-and-last stage wants tokens and no further hops.
+        let mut bad = tokens(2, 0, vec![1], OutputKind::Argmax);
+        bad.next = vec![ibench_proto::convert::Hop {
+            address: "http://127.0.0.1:1".into(),
+            stage_id: "x".into(),
+        }];
+        assert!(matches!(
+            s.forward(bad).await.unwrap_err(),
+            StageError::BadStep(_)
+        ));
+        let unknown = Step {
+            stage_id: "nope".into(),
+            ..tokens(3, 0, vec![1], OutputKind::Argmax)
+        };
+        assert_eq!(
+            Status::from(s.forward(unknown).await.unwrap_err()).code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(s.stage_ids(), vec!["all".to_string()]);
+        assert!(s.devices()[0].total_bytes > 0, "the CPU's memory is known");
+    }
+
+    #[tokio::test]
+    async fn devices_outside_the_worker_and_a_memory_limit() {
+        let s = StageServer::new(WorkerConfig {
+            devices: vec![DeviceSpec::Cpu],
+            token: None,
+            registry: None,
+            memory_limit: Some(1 << 20),
+        });
+        let e = s
+            .load(StageSpec {
+                device: "cuda:3".into(),
+                ..spec("x", 0..1)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StageError::UnknownDevice { .. }), "{e}");
+        assert_eq!(s.devices()[0].total_bytes, 1 << 20);
+        s.load(spec("x", 0..1)).await.unwrap();
+        let d = &s.devices()[0];
+        assert!(
+            d.free_bytes < 1 << 20,
+            "a loaded stage counts against the limit: {d:?}"
+        );
+    }
+}
