@@ -37,6 +37,55 @@ pub struct ChoiceRequest {
     pub choices: Vec<String>,
 }
 
+/// Several choices in one reply, written as `slots[0].prefix, slots[0].fill, slots[1].prefix,
+/// ...`; after each prefix, the probability of each of the slot's `choices` as the next token is
+/// read, each later slot seeing the earlier ones filled with their `fill` (teacher forcing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotsRequest {
+    pub messages: Vec<ChatMessage>,
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slot {
+    pub prefix: String,
+    pub choices: Vec<String>,
+    /// What stands in the slot for the slots after it (ignored for the last).
+    pub fill: String,
+}
+
+impl SlotsRequest {
+    /// One choice after `prefix`.
+    pub fn single(messages: Vec<ChatMessage>, prefix: &str, choices: &[&str]) -> Self {
+        Self {
+            messages,
+            slots: vec![Slot {
+                prefix: prefix.into(),
+                choices: choices.iter().map(|c| c.to_string()).collect(),
+                fill: String::new(),
+            }],
+        }
+    }
+
+    /// The same slots as single choices: slot k's prefix holds every earlier prefix and fill.
+    pub fn as_single_choices(&self) -> Vec<ChoiceRequest> {
+        let mut text = String::new();
+        self.slots
+            .iter()
+            .map(|s| {
+                text.push_str(&s.prefix);
+                let r =
+                    ChoiceRequest { messages: self.messages.clone(), prefix: text.clone(), choices: s.choices.clone() };
+                text.push_str(&s.fill);
+                r
+            })
+            .collect()
+    }
+}
+
+/// Per slot, the probability of each choice (normalised over the slot's choices).
+pub type SlotProbs = Vec<Vec<f64>>;
+
 /// Why a simulator/judge/model call failed, after retries.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum CallError {
@@ -80,8 +129,8 @@ pub trait ChatBackend: Send + Sync {
     fn complete(&self, reqs: Vec<ChatRequest>) -> BoxFuture<'_, Vec<Result<String, CallError>>>;
     /// Whether [`ChatBackend::choose`] is available (local models; not HTTP APIs).
     fn supports_choices(&self) -> bool;
-    /// The probability of each choice (normalised over the choices), per request.
-    fn choose(&self, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Vec<Result<Vec<f64>, CallError>>>;
+    /// The probabilities of each slot's choices, per request.
+    fn choose(&self, reqs: Vec<SlotsRequest>) -> BoxFuture<'_, Vec<Result<SlotProbs, CallError>>>;
 }
 
 /// An API key that never prints: `Debug` and `Display` show `***`.
@@ -275,7 +324,7 @@ impl ChatBackend for OpenAiBackend {
     fn supports_choices(&self) -> bool {
         false
     }
-    fn choose(&self, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Vec<Result<Vec<f64>, CallError>>> {
+    fn choose(&self, reqs: Vec<SlotsRequest>) -> BoxFuture<'_, Vec<Result<SlotProbs, CallError>>> {
         Box::pin(async move { reqs.iter().map(|_| Err(CallError::Unsupported("log-probability choices"))).collect() })
     }
 }
@@ -336,11 +385,11 @@ impl ChatBackend for LocalBackend {
     fn supports_choices(&self) -> bool {
         true
     }
-    fn choose(&self, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Vec<Result<Vec<f64>, CallError>>> {
+    fn choose(&self, reqs: Vec<SlotsRequest>) -> BoxFuture<'_, Vec<Result<SlotProbs, CallError>>> {
         Box::pin(async move {
             let n = reqs.len();
-            match self.pool.choose(&self.model, reqs).await {
-                Ok(all) => all.iter().map(|lp| Ok(normalise(lp))).collect(),
+            match self.pool.choose_slots(&self.model, reqs).await {
+                Ok(all) => all.iter().map(|slots| Ok(slots.iter().map(|lp| normalise(lp)).collect())).collect(),
                 Err(e) => (0..n).map(|_| Err(CallError::Engine(e.to_string()))).collect(),
             }
         })

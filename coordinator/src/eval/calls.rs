@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::backend::{CallError, ChatBackend, ChatRequest, ChoiceRequest};
+use super::backend::{CallError, ChatBackend, ChatRequest, SlotProbs, SlotsRequest};
 use super::pool::{GenOutput, GenRequest, ModelPool, PoolError};
 use super::store::{call_key, Store};
 
@@ -230,8 +230,8 @@ impl Calls {
         role: Role,
         label: &str,
         backend: &dyn ChatBackend,
-        reqs: Vec<ChoiceRequest>,
-    ) -> Vec<Result<Vec<f64>, CallError>> {
+        reqs: Vec<SlotsRequest>,
+    ) -> Vec<Result<SlotProbs, CallError>> {
         self.cached(role, "choose", label, backend.id(), reqs, |m| backend.choose(m)).await
     }
 

@@ -3,17 +3,19 @@
 //!
 //! Two methods, by backend:
 //! - an API model (no log-probabilities) answers in JSON: `{"reply": ..., "disclosed": [ids]}`;
-//! - a `local:` model is asked, per fact not yet disclosed, a yes/no question ("does the
-//!   consultant's message ask for this?") read from next-token log-probabilities; the facts with
-//!   P(yes) >= 0.5 (at most [`MAX_FACTS_PER_TURN`], the likeliest) are disclosed, and the reply is
-//!   made of those facts' authored first-person texts. Deterministic, and the disclosure is
+//! - a `local:` model is asked, in one forward pass, for every fact not yet disclosed, whether the
+//!   consultant's last message asks for it, read as P(Yes) from next-token log-probabilities and
+//!   compared with the same questions after a neutral greeting (calibration: tiny models lean to
+//!   one answer). A fact is disclosed when P(Yes) rises by [`LIFT_MIN`] or when the message holds
+//!   [`LEXICAL_MIN`] of its question's words; at most [`MAX_FACTS_PER_TURN`], the likeliest. The
+//!   reply is those facts' authored first-person texts. Deterministic, and the disclosure is
 //!   exactly what the reply says.
 
 use ibench_shared::{ChatMessage, Role as ChatRole};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::backend::{CallError, ChatBackend, ChatRequest, ChoiceRequest};
+use super::backend::{CallError, ChatBackend, ChatRequest, Slot, SlotsRequest};
 use super::calls::{Calls, Role};
 use super::parse::{extract_json, string_list};
 use super::scenario::{Domain, Fact, Language, Profile, Scenario};
@@ -143,35 +145,29 @@ async fn local_reply(
 ) -> Result<PatientTurn, CallError> {
     let last = messages.iter().rev().find(|m| m.role == ChatRole::Assistant).map(|m| m.content.as_str()).unwrap_or("");
     let candidates: Vec<&Fact> = s.profile.facts.iter().filter(|f| !already.contains(&f.id)).collect();
-    let reqs: Vec<ChoiceRequest> = candidates
-        .iter()
-        .map(|f| ChoiceRequest {
-            messages: vec![
-                ChatMessage::system("You check what a consultant asked a patient. Answer Yes or No."),
-                ChatMessage::user(format!(
-                    "The consultant said to the patient:\n\"\"\"\n{}\n\"\"\"\n\nDoes the consultant ask about this (or ask something whose answer is this)?\nQuestion: {}\nAnswer: {}\n\nAnswer Yes or No.",
-                    last.trim(),
-                    f.question,
-                    f.text
-                )),
-            ],
-            prefix: "Answer:".into(),
-            choices: vec!["Yes".into(), "No".into()],
-        })
-        .collect();
-    let results = calls.choose(Role::Simulator, "patient-facts", backend, reqs).await;
-    let mut scored: Vec<(f64, &Fact)> = Vec::new();
-    for (f, r) in candidates.iter().zip(results) {
-        let p = r?;
-        if p[0] >= 0.5 {
-            scored.push((p[0], f));
+    let mut chosen: Vec<&Fact> = Vec::new();
+    if !candidates.is_empty() {
+        // The same questions after a neutral greeting: the model's bias towards Yes or No.
+        let neutral = match s.language {
+            Language::Zh => "你好，请问有什么可以帮你？",
+            Language::En => "Hello, how can I help you?",
+        };
+        let reqs = vec![asked_request(last, &candidates), asked_request(neutral, &candidates)];
+        let mut res = calls.choose(Role::Simulator, "patient-facts", backend, reqs).await.into_iter();
+        let (asked, base) = (res.next().expect("two")?, res.next().expect("two")?);
+        let mut scored: Vec<(f64, &Fact)> = Vec::new();
+        for (k, f) in candidates.iter().enumerate() {
+            let lift = asked[k][0] - base[k][0];
+            let lexical = lexical_overlap(&f.question, last);
+            if lift >= LIFT_MIN || lexical >= LEXICAL_MIN {
+                scored.push((lift + lexical, f));
+            }
         }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.truncate(MAX_FACTS_PER_TURN);
+        // Keep the profile's order in the reply.
+        chosen = s.profile.facts.iter().filter(|f| scored.iter().any(|(_, c)| c.id == f.id)).collect();
     }
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored.truncate(MAX_FACTS_PER_TURN);
-    // Keep the profile's order in the reply.
-    let mut chosen: Vec<&Fact> = s.profile.facts.iter().filter(|f| scored.iter().any(|(_, c)| c.id == f.id)).collect();
-    chosen.dedup_by(|a, b| a.id == b.id);
     let sep = if s.language == Language::Zh { "" } else { " " };
     let reply = if chosen.is_empty() {
         not_sure(s.language).to_string()
@@ -179,6 +175,63 @@ async fn local_reply(
         chosen.iter().map(|f| f.text.trim()).collect::<Vec<_>>().join(sep)
     };
     Ok(PatientTurn { reply, disclosed: chosen.iter().map(|f| f.id.clone()).collect(), method: "local-logprob".into() })
+}
+
+/// A fact is disclosed when P(Yes) rises at least this much over the neutral greeting's...
+pub const LIFT_MIN: f64 = 0.15;
+/// ...or when at least this share of its question's words (Chinese: character pairs) are in the
+/// consultant's message.
+pub const LEXICAL_MIN: f64 = 0.5;
+
+/// One pass: "does the message ask question k?" for every candidate fact, read as P(Yes) per line.
+fn asked_request(message: &str, candidates: &[&Fact]) -> SlotsRequest {
+    let list = candidates
+        .iter()
+        .enumerate()
+        .map(|(k, f)| format!("{}. {} (the patient's answer would be: {})", k + 1, f.question, f.text))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let user = format!(
+        "The consultant said to the patient:\n\"\"\"\n{}\n\"\"\"\n\nFor each numbered question below, answer Yes if the consultant's message asks it (or asks for the given answer), otherwise No.\n{list}\n\nAnswer every number with Yes or No, one per line.",
+        message.trim()
+    );
+    SlotsRequest {
+        messages: vec![ChatMessage::system("You check what a consultant asked a patient."), ChatMessage::user(user)],
+        slots: (0..candidates.len())
+            .map(|k| Slot {
+                prefix: if k == 0 { "1.".into() } else { format!("\n{}.", k + 1) },
+                choices: vec!["Yes".into(), "No".into()],
+                fill: " No".into(),
+            })
+            .collect(),
+    }
+}
+
+const STOP_WORDS: [&str; 24] = [
+    "have", "what", "your", "does", "with", "been", "this", "that", "were", "they", "them", "from", "into", "which",
+    "there", "about", "would", "could", "should", "doing", "anything", "like", "such", "other",
+];
+
+fn terms(text: &str) -> std::collections::BTreeSet<String> {
+    if Language::detect(text) == Language::Zh {
+        let cjk: Vec<char> = text.chars().filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c)).collect();
+        cjk.windows(2).map(|w| w.iter().collect()).collect()
+    } else {
+        text.split(|c: char| !c.is_ascii_alphabetic())
+            .map(|w| w.to_lowercase())
+            .filter(|w| w.len() >= 4 && !STOP_WORDS.contains(&w.as_str()))
+            .collect()
+    }
+}
+
+/// The share of the question's terms that appear in the message.
+pub fn lexical_overlap(question: &str, message: &str) -> f64 {
+    let q = terms(question);
+    if q.is_empty() {
+        return 0.0;
+    }
+    let m = terms(message);
+    q.intersection(&m).count() as f64 / q.len() as f64
 }
 
 /// Fact slots a local inventor fills, with their questions in both languages.
@@ -286,14 +339,15 @@ async fn invent_local(
     opening: &str,
     seed: u64,
 ) -> Result<Scenario, CallError> {
-    let domain_req = ChoiceRequest {
-        messages: vec![ChatMessage::user(format!(
+    let domain_req = SlotsRequest::single(
+        vec![ChatMessage::user(format!(
             "A person says: \"{opening}\"\nIs this mainly a medical (body) concern or a psychological (mind, emotions, relationships) concern?\nAnswer A for medical or B for psychological."
         ))],
-        prefix: "Answer:".into(),
-        choices: vec!["A".into(), "B".into()],
-    };
+        "Answer:",
+        &["A", "B"],
+    );
     let p = calls.choose(Role::Simulator, "profile-domain", backend, vec![domain_req]).await.pop().expect("one")?;
+    let p = &p[0];
     let domain = if p[1] > p[0] { Domain::Psychological } else { Domain::Medical };
     let reqs: Vec<ChatRequest> = SLOTS
         .iter()

@@ -14,7 +14,7 @@ use ibench_worker::{DeviceSpec, Engine, GenerateRequest, LoadOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::backend::{BoxFuture, ChoiceRequest};
+use super::backend::{BoxFuture, ChoiceRequest, Slot, SlotsRequest};
 
 /// One chat turn to generate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,11 +57,27 @@ pub trait ModelPool: Send + Sync {
     fn generate(&self, model: &str, reqs: Vec<GenRequest>) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>>;
     /// Next-token log-probabilities of each choice after the chat prompt plus prefix.
     fn choose(&self, model: &str, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>>;
+    /// Per request and slot, the next-token log-probabilities of each choice. By default each
+    /// slot is one [`ModelPool::choose`] request; the in-process pool reads all slots of a request
+    /// from one forward pass.
+    fn choose_slots(
+        &self,
+        model: &str,
+        reqs: Vec<SlotsRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>> {
+        let model = model.to_string();
+        Box::pin(async move {
+            let lens: Vec<usize> = reqs.iter().map(|r| r.slots.len()).collect();
+            let flat: Vec<ChoiceRequest> = reqs.iter().flat_map(|r| r.as_single_choices()).collect();
+            let mut all = self.choose(&model, flat).await?.into_iter();
+            Ok(lens.into_iter().map(|n| all.by_ref().take(n).collect()).collect())
+        })
+    }
 }
 
 enum Job {
     Generate(Vec<GenRequest>, oneshot::Sender<Vec<Result<GenOutput, PoolError>>>),
-    Choose(Vec<ChoiceRequest>, oneshot::Sender<Result<Vec<Vec<f32>>, PoolError>>),
+    Choose(Vec<SlotsRequest>, oneshot::Sender<Result<Vec<Vec<Vec<f32>>>, PoolError>>),
 }
 
 struct Worker {
@@ -178,6 +194,24 @@ impl ModelPool for InProcessPool {
     }
 
     fn choose(&self, model: &str, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
+        let slots = reqs
+            .into_iter()
+            .map(|r| SlotsRequest {
+                messages: r.messages,
+                slots: vec![Slot { prefix: r.prefix, choices: r.choices, fill: String::new() }],
+            })
+            .collect();
+        let model = model.to_string();
+        Box::pin(async move {
+            Ok(self.choose_slots(&model, slots).await?.into_iter().map(|mut s| s.pop().unwrap_or_default()).collect())
+        })
+    }
+
+    fn choose_slots(
+        &self,
+        model: &str,
+        reqs: Vec<SlotsRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>> {
         let model = model.to_string();
         Box::pin(async move {
             let tx = self.sender(&model).await?;
@@ -302,22 +336,41 @@ fn choice_token_ids(engine: &Engine, choice: &str) -> Result<Vec<u32>, String> {
     Ok(ids)
 }
 
-fn choice_logprobs(engine: &Engine, r: &ChoiceRequest) -> Result<Vec<f32>, String> {
+fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, String> {
     let mut ids = engine.encode_chat(&r.messages, true, false).map_err(|e| e.to_string())?;
-    if !r.prefix.is_empty() {
-        ids.extend(engine.encode(&r.prefix).map_err(|e| e.to_string())?);
+    // The position whose next-token distribution each slot reads.
+    let mut at = Vec::with_capacity(r.slots.len());
+    for (k, s) in r.slots.iter().enumerate() {
+        if !s.prefix.is_empty() {
+            ids.extend(engine.encode(&s.prefix).map_err(|e| e.to_string())?);
+        }
+        at.push(ids.len() - 1);
+        if k + 1 < r.slots.len() && !s.fill.is_empty() {
+            ids.extend(engine.encode(&s.fill).map_err(|e| e.to_string())?);
+        }
     }
     if ids.len() >= engine.context_len() {
         return Err(format!("the prompt has {} tokens, the context window is {}", ids.len(), engine.context_len()));
     }
-    let lp = engine.next_token_logprobs(&ids).map_err(|e| e.to_string())?;
-    r.choices
+    let rows: Vec<Vec<f32>> = if r.slots.len() == 1 {
+        vec![engine.next_token_logprobs(&ids).map_err(|e| e.to_string())?]
+    } else {
+        let logits = engine.prompt_logits(&ids).map_err(|e| e.to_string())?;
+        at.iter().map(|&p| ibench_worker::sampling::log_softmax(&logits[p])).collect()
+    };
+    r.slots
         .iter()
-        .map(|c| {
-            let ids = choice_token_ids(engine, c)?;
-            let vals: Vec<f32> = ids.iter().filter_map(|&i| lp.get(i as usize).copied()).collect();
-            let m = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            Ok(if m.is_finite() { m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln() } else { m })
+        .zip(rows)
+        .map(|(s, lp)| {
+            s.choices
+                .iter()
+                .map(|c| {
+                    let ids = choice_token_ids(engine, c)?;
+                    let vals: Vec<f32> = ids.iter().filter_map(|&i| lp.get(i as usize).copied()).collect();
+                    let m = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    Ok(if m.is_finite() { m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln() } else { m })
+                })
+                .collect()
         })
         .collect()
 }
