@@ -226,5 +226,42 @@ async fn a_killed_worker_is_replaced_and_its_sequences_replayed() {
         c.registry.get(&victim_id).is_none(),
         "the dead worker left the registry"
     );
+
+    // Then the worker of the first stage (the one the coordinator talks to) dies mid-run: the
+    // last worker ends up with every stage.
+    let first_id = p.stages()[0].worker.clone();
+    let first_name = first_id.split('#').next().unwrap().to_string();
+    let at = c
+        .workers
+        .iter()
+        .position(|(n, _)| *n == first_name)
+        .unwrap();
+    let victim = Arc::new(Mutex::new(Some(c.workers.remove(at).1)));
+    let hook_victim = victim.clone();
+    let kill_at = p.steps() + 3;
+    p.set_step_hook(Arc::new(move |step| {
+        let v = hook_victim.clone();
+        Box::pin(async move {
+            if step == kill_at {
+                if let Some(mut child) = v.lock().await.take() {
+                    child.kill().await.unwrap();
+                }
+            }
+        })
+    }));
+    let again = tokio::time::timeout(Duration::from_secs(120), p.generate(&reqs))
+        .await
+        .expect("generation finishes")
+        .unwrap();
+    assert!(victim.lock().await.is_none(), "the hook ran");
+    assert_eq!(p.recoveries(), 2);
+    assert_eq!(again, got);
+    let left: Vec<_> = p.stages().iter().map(|s| s.worker.as_str()).collect();
+    assert!(
+        left.iter()
+            .all(|w| *w == left[0] && *w != first_id && *w != victim_id),
+        "{:?}",
+        p.stages()
+    );
     p.unload().await;
 }

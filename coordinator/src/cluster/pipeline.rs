@@ -192,6 +192,10 @@ impl Pipeline {
     pub fn stages(&self) -> &[PlacedStage] {
         &self.stages
     }
+    /// Steps run so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
     /// Re-placements so far.
     pub fn recoveries(&self) -> u64 {
         self.recoveries
