@@ -17,7 +17,7 @@ const TOKEN: &str = "auth-test-secret";
 async fn coordinator() -> (Arc<WorkerRegistry>, String) {
     let registry = Arc::new(WorkerRegistry::new(
         ClusterToken::new(TOKEN).unwrap(),
-        Duration::from_millis(200),
+        Duration::from_secs(2),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -57,8 +57,10 @@ struct Cluster {
 }
 
 async fn cluster(n: usize) -> Cluster {
+    // Heartbeats are slow enough that a busy CI machine never expires a live worker; a killed
+    // one is found by the failed step, not by missed heartbeats.
     let token = ClusterToken::new(TOKEN).unwrap();
-    let registry = Arc::new(WorkerRegistry::new(token, Duration::from_millis(200)));
+    let registry = Arc::new(WorkerRegistry::new(token, Duration::from_secs(2)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
