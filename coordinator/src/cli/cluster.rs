@@ -14,12 +14,20 @@ use super::GlobalArgs;
 use crate::cluster::{ClusterOptions, ClusterPool, WorkerRegistry};
 use crate::eval::pool::{GenRequest, ModelPool};
 
-/// The cluster's shared token.
-#[derive(Debug, Clone, clap::Args)]
+/// The cluster's shared token (`Debug` shows `***`).
+#[derive(Clone, clap::Args)]
 pub struct TokenArgs {
     /// Shared secret every cluster RPC carries, both ways; without it the cluster is open.
     #[arg(long, env = "IBENCH_CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl TokenArgs {
