@@ -427,6 +427,20 @@ mod tests {
     }
 
     #[test]
+    fn slots_as_single_choices_carry_the_earlier_fills() {
+        let r = SlotsRequest {
+            messages: vec![ChatMessage::user("q")],
+            slots: vec![
+                Slot { prefix: "a:".into(), choices: vec!["1".into()], fill: " 3".into() },
+                Slot { prefix: "\nb:".into(), choices: vec!["2".into()], fill: " 3".into() },
+            ],
+        };
+        let s = r.as_single_choices();
+        assert_eq!((s[0].prefix.as_str(), s[1].prefix.as_str()), ("a:", "a: 3\nb:"));
+        assert_eq!(s[1].choices, vec!["2"]);
+    }
+
+    #[test]
     fn normalise_is_a_softmax() {
         let p = normalise(&[0.0, (2.0f32).ln()]);
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-6 && (p[1] - 2.0 / 3.0).abs() < 1e-6);

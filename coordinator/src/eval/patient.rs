@@ -441,6 +441,15 @@ mod tests {
     }
 
     #[test]
+    fn lexical_overlap_counts_question_terms() {
+        assert!(lexical_overlap("头疼持续多久了？", "你头疼多久了？") >= LEXICAL_MIN);
+        assert_eq!(lexical_overlap("头疼持续多久了？", "注意休息。"), 0.0);
+        let q = "Does the pain spread anywhere, like your arm, neck or jaw?";
+        assert!(lexical_overlap(q, "Does the pain spread to your arm or jaw?") >= LEXICAL_MIN);
+        assert!(lexical_overlap(q, "Take some rest.") < LEXICAL_MIN);
+    }
+
+    #[test]
     fn transcript_and_first_line() {
         let m = vec![ChatMessage::system("s"), ChatMessage::user("我头疼"), ChatMessage::assistant("多久了？")];
         assert_eq!(transcript(&m), "Patient: 我头疼\nConsultant: 多久了？");
