@@ -235,7 +235,7 @@ fn patient(system: &str, user: &str) -> String {
 
 fn judge(user: &str, h: u64) -> String {
     if user.contains("Consultation A:") {
-        return json!({"winner": if h % 3 == 0 { "B" } else { "A" }, "reason": "r"}).to_string();
+        return json!({"winner": if h.is_multiple_of(3) { "B" } else { "A" }, "reason": "r"}).to_string();
     }
     let dims = ["inquiry", "context_use", "accuracy", "safety", "empathy"];
     let score = |i: usize| 1 + ((h >> (i * 3)) % 5);
@@ -245,7 +245,7 @@ fn judge(user: &str, h: u64) -> String {
             flags.push(l[2..].split(':').next().unwrap().to_string());
         }
     }
-    if h % 2 == 0 {
+    if h.is_multiple_of(2) {
         // Chinese punctuation and a trailing remark.
         let scores: Vec<String> = dims.iter().enumerate().map(|(i, d)| format!("“{d}”：{}", score(i))).collect();
         let flag_part: Vec<String> = flags.iter().map(|f| format!("“{f}”：“是”")).collect();

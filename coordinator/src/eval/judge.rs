@@ -412,7 +412,7 @@ mod tests {
         // Red flags are required when the case has them.
         assert!(read_verdict(&full(""), &["red_flag"]).is_none());
         let v = read_verdict(&full(", \"red_flags\": {\"red_flag\": \"yes\"}"), &["red_flag"]).unwrap();
-        assert_eq!(v.red_flags["red_flag"], true);
+        assert!(v.red_flags["red_flag"]);
         // Nested {score, reason} and a missing dimension.
         let nested =
             r#"{"inquiry": {"score": 2, "reason": "r"}, "context_use": 2, "accuracy": 2, "safety": 2, "empathy": 2}"#;
