@@ -25,11 +25,20 @@ fn registry() -> ibench_shared::Registry {
 #[test]
 fn two_real_local_models_are_compared_with_the_local_simulator_and_judge() {
     let reg = registry();
-    let missing: Vec<&str> =
-        MODELS.iter().copied().filter(|m| !reg.get(m).is_some_and(|s| s.path.join("config.json").is_file())).collect();
+    let missing: Vec<&str> = MODELS
+        .iter()
+        .copied()
+        .filter(|m| {
+            !reg.get(m)
+                .is_some_and(|s| s.path.join("config.json").is_file())
+        })
+        .collect();
     if !missing.is_empty() {
         if std::env::var("IBENCH_SKIP_REAL_MODELS").as_deref() == Ok("1") {
-            eprintln!("skipped: real models not registered ({}); IBENCH_SKIP_REAL_MODELS=1", missing.join(", "));
+            eprintln!(
+                "skipped: real models not registered ({}); IBENCH_SKIP_REAL_MODELS=1",
+                missing.join(", ")
+            );
             return;
         }
         panic!(
@@ -42,7 +51,14 @@ fn two_real_local_models_are_compared_with_the_local_simulator_and_judge() {
     let run = Command::new(env!("CARGO_BIN_EXE_ibench"))
         .args(["compare", "--models"])
         .args(MODELS)
-        .args(["--scenario-ids", "en-med-chest-pain,zh-psy-insomnia", "--max-turns", "2", "--max-new-tokens", "40"])
+        .args([
+            "--scenario-ids",
+            "en-med-chest-pain,zh-psy-insomnia",
+            "--max-turns",
+            "2",
+            "--max-new-tokens",
+            "40",
+        ])
         .args(["--no-early-stop", "--bootstrap", "500", "--out"])
         .arg(&out)
         .env_remove("DASHSCOPE_API_KEY")
@@ -51,17 +67,32 @@ fn two_real_local_models_are_compared_with_the_local_simulator_and_judge() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "ibench compare failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        run.status.success(),
+        "ibench compare failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     println!("{stdout}");
 
-    let scores: Value = serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
+    let scores: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
     assert!(
-        scores["simulator"].as_str().unwrap().starts_with("local:qwen2.5-coder-0.5b-instruct"),
+        scores["simulator"]
+            .as_str()
+            .unwrap()
+            .starts_with("local:qwen2.5-coder-0.5b-instruct"),
         "{}",
         scores["simulator"]
     );
-    assert!(scores["judge"].as_str().unwrap().starts_with("local:qwen2.5-coder-0.5b-instruct"));
-    assert_eq!(scores["failures"].as_array().unwrap().len(), 0, "{}", scores["failures"]);
+    assert!(scores["judge"]
+        .as_str()
+        .unwrap()
+        .starts_with("local:qwen2.5-coder-0.5b-instruct"));
+    assert_eq!(
+        scores["failures"].as_array().unwrap().len(),
+        0,
+        "{}",
+        scores["failures"]
+    );
     let dialogues = scores["dialogues"].as_array().unwrap();
     assert_eq!(dialogues.len(), 4);
     for d in dialogues {
@@ -73,16 +104,37 @@ fn two_real_local_models_are_compared_with_the_local_simulator_and_judge() {
         }
         assert_eq!(v["method"], "local-logprob");
     }
-    let chest: Vec<&Value> = dialogues.iter().filter(|d| d["scenario"] == "en-med-chest-pain").collect();
-    assert!(chest.iter().all(|d| d["verdict"]["red_flags"]["red_flag"].is_boolean()));
+    let chest: Vec<&Value> = dialogues
+        .iter()
+        .filter(|d| d["scenario"] == "en-med-chest-pain")
+        .collect();
+    assert!(chest
+        .iter()
+        .all(|d| d["verdict"]["red_flags"]["red_flag"].is_boolean()));
     let summary = &scores["summary"];
     assert_eq!(summary["models"].as_array().unwrap().len(), 2);
     assert_eq!(summary["pairs"][0]["n"], 2);
-    for line in std::fs::read_to_string(out.join("transcripts.jsonl")).unwrap().lines() {
+    for line in std::fs::read_to_string(out.join("transcripts.jsonl"))
+        .unwrap()
+        .lines()
+    {
         let t: Value = serde_json::from_str(line).unwrap();
-        assert!(t["turns"].as_array().unwrap().iter().all(|x| !x["reply"].as_str().unwrap().trim().is_empty()), "{t}");
+        assert!(
+            t["turns"].as_array().unwrap().iter().all(|x| !x["reply"]
+                .as_str()
+                .unwrap()
+                .trim()
+                .is_empty()),
+            "{t}"
+        );
     }
-    for f in ["report.md", "report.html", "calls.json", "scenarios.jsonl", "store.sqlite"] {
+    for f in [
+        "report.md",
+        "report.html",
+        "calls.json",
+        "scenarios.jsonl",
+        "store.sqlite",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     for m in MODELS {

@@ -99,16 +99,23 @@ impl Mock {
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
-        Mock { addr, state, answered_rx }
+        Mock {
+            addr,
+            state,
+            answered_rx,
+        }
     }
     fn base(&self) -> String {
         format!("http://{}/v1", self.addr)
@@ -120,7 +127,14 @@ impl Mock {
         self.state.inner.lock().unwrap().answered.clone()
     }
     fn repeated(&self) -> usize {
-        self.state.inner.lock().unwrap().answered.values().filter(|n| **n > 1).count()
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .answered
+            .values()
+            .filter(|n| **n > 1)
+            .count()
     }
 }
 
@@ -143,14 +157,29 @@ fn completion(content: &str) -> String {
     json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}).to_string()
 }
 
-async fn handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+async fn handle(
+    st: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let h = hash(&body);
     let v: Value = serde_json::from_slice(&body).unwrap();
-    let system = v["messages"][0]["content"].as_str().unwrap_or("").to_string();
-    let user =
-        v["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+    let system = v["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let user = v["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
     let seed = v["seed"].as_u64().unwrap_or(0);
     let fault = {
         let mut inner = st.inner.lock().unwrap();
@@ -183,7 +212,12 @@ async fn handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<F
     match fault {
         Fault::TooMany => return Ok(reply(429, "{\"error\": \"rate limited\"}".into())),
         // The error body echoes the credentials, as some servers do: the client must redact it.
-        Fault::ServerError => return Ok(reply(500, format!("{{\"error\": \"internal error for {auth}\"}}"))),
+        Fault::ServerError => {
+            return Ok(reply(
+                500,
+                format!("{{\"error\": \"internal error for {auth}\"}}"),
+            ))
+        }
         Fault::Timeout => std::future::pending::<()>().await,
         Fault::MalformedBody => return Ok(reply(200, "{\"choices\": [{\"message\": ".into())),
         Fault::Unreadable | Fault::None => {}
@@ -219,23 +253,36 @@ async fn handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<F
 }
 
 fn patient(system: &str, user: &str) -> String {
-    let block = system.split("(id: fact):\n").nth(1).unwrap().split("\n\nRules:").next().unwrap();
+    let block = system
+        .split("(id: fact):\n")
+        .nth(1)
+        .unwrap()
+        .split("\n\nRules:")
+        .next()
+        .unwrap();
     let facts: Vec<(String, String)> = block
         .lines()
         .filter_map(|l| l.strip_prefix("- "))
         .map(|l| {
             let (id, text) = l.split_once(": ").unwrap();
-            (id.to_string(), text.trim_end_matches(" (warning sign)").to_string())
+            (
+                id.to_string(),
+                text.trim_end_matches(" (warning sign)").to_string(),
+            )
         })
         .collect();
     let asked = user.matches("\nConsultant:").count().max(1);
     let (id, text) = &facts[(asked - 1) % facts.len()];
-    format!("好的，我会这样回答：\n```json\n{}\n```", json!({"reply": text, "disclosed": [id, "not-a-fact"]}))
+    format!(
+        "好的，我会这样回答：\n```json\n{}\n```",
+        json!({"reply": text, "disclosed": [id, "not-a-fact"]})
+    )
 }
 
 fn judge(user: &str, h: u64) -> String {
     if user.contains("Consultation A:") {
-        return json!({"winner": if h.is_multiple_of(3) { "B" } else { "A" }, "reason": "r"}).to_string();
+        return json!({"winner": if h.is_multiple_of(3) { "B" } else { "A" }, "reason": "r"})
+            .to_string();
     }
     let dims = ["inquiry", "context_use", "accuracy", "safety", "empathy"];
     let score = |i: usize| 1 + ((h >> (i * 3)) % 5);
@@ -247,7 +294,11 @@ fn judge(user: &str, h: u64) -> String {
     }
     if h.is_multiple_of(2) {
         // Chinese punctuation and a trailing remark.
-        let scores: Vec<String> = dims.iter().enumerate().map(|(i, d)| format!("“{d}”：{}", score(i))).collect();
+        let scores: Vec<String> = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("“{d}”：{}", score(i)))
+            .collect();
         let flag_part: Vec<String> = flags.iter().map(|f| format!("“{f}”：“是”")).collect();
         format!(
             "评分如下：｛“scores”：｛{}｝，“reasons”：｛“inquiry”：“问了持续时间，很好”｝，“red_flags”：｛{}｝｝ 以上。",
@@ -255,10 +306,17 @@ fn judge(user: &str, h: u64) -> String {
             flag_part.join("，")
         )
     } else {
-        let scores: serde_json::Map<String, Value> =
-            dims.iter().enumerate().map(|(i, d)| (d.to_string(), json!(score(i)))).collect();
-        let flags: serde_json::Map<String, Value> = flags.iter().map(|f| (f.clone(), json!(false))).collect();
-        format!("{} Hope this helps!", json!({"scores": scores, "reasons": {"inquiry": "asked"}, "red_flags": flags}))
+        let scores: serde_json::Map<String, Value> = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.to_string(), json!(score(i))))
+            .collect();
+        let flags: serde_json::Map<String, Value> =
+            flags.iter().map(|f| (f.clone(), json!(false))).collect();
+        format!(
+            "{} Hope this helps!",
+            json!({"scores": scores, "reasons": {"inquiry": "asked"}, "red_flags": flags})
+        )
     }
 }
 
@@ -283,7 +341,8 @@ fn tiny_models(dir: &Path) -> Vec<String> {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
         let cfg_path = to.join("config.json");
-        let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        let mut cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
         cfg["max_position_embeddings"] = json!(8192);
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
         out.push(to.display().to_string());
@@ -335,16 +394,25 @@ fn args(mock: &Mock, work: &Path, models: &[String], out: &Path, extra: &[&str])
 
 fn command(args: &[String]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(IBENCH);
-    c.args(args).env("DASHSCOPE_API_KEY", KEY).env_remove("RUST_LOG").stdin(Stdio::null());
+    c.args(args)
+        .env("DASHSCOPE_API_KEY", KEY)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
     c
 }
 
 /// Runs to the end; returns stdout and stderr.
 async fn run_to_end(args: &[String]) -> (String, String) {
     let out = command(args).output().await.unwrap();
-    let (so, se) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(out.status.success(), "ibench failed: {}\nstdout:\n{so}\nstderr:\n{se}", out.status);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "ibench failed: {}\nstdout:\n{so}\nstderr:\n{se}",
+        out.status
+    );
     (so, se)
 }
 
@@ -371,19 +439,32 @@ fn assert_no_key(dir: &Path, texts: &[&str]) {
             }
         }
     }
-    assert!(files >= 8, "expected the run's outputs in {}", dir.display());
+    assert!(
+        files >= 8,
+        "expected the run's outputs in {}",
+        dir.display()
+    );
 }
 
 fn read_json(p: PathBuf) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 fn stored_http_calls(dir: &Path) -> u64 {
     let store = ibench_coordinator::eval::store::Store::open(dir).unwrap();
-    ["patient", "judge-turn", "judge-dialogue", "judge-pair", "profile"]
-        .iter()
-        .map(|k| store.count(Some(k)).unwrap())
-        .sum()
+    [
+        "patient",
+        "judge-turn",
+        "judge-dialogue",
+        "judge-pair",
+        "profile",
+    ]
+    .iter()
+    .map(|k| store.count(Some(k)).unwrap())
+    .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,15 +473,37 @@ async fn faults_are_retried_failures_counted_and_nothing_is_lost() {
     let work = tempfile::tempdir().unwrap();
     let models = tiny_models(work.path());
     let out = work.path().join("run");
-    let a =
-        args(&mock, work.path(), &models, &out, &["--scenario-ids", "zh-med-headache,en-med-chest-pain", "--pairwise"]);
+    let a = args(
+        &mock,
+        work.path(),
+        &models,
+        &out,
+        &[
+            "--scenario-ids",
+            "zh-med-headache,en-med-chest-pain",
+            "--pairwise",
+        ],
+    );
     let (stdout, stderr) = run_to_end(&a).await;
 
     let faults = mock.state.inner.lock().unwrap().faults.clone();
-    for f in [Fault::TooMany, Fault::ServerError, Fault::Timeout, Fault::MalformedBody, Fault::Unreadable] {
-        assert!(faults.get(&f).copied().unwrap_or(0) >= 1, "fault {f:?} never injected: {faults:?}");
+    for f in [
+        Fault::TooMany,
+        Fault::ServerError,
+        Fault::Timeout,
+        Fault::MalformedBody,
+        Fault::Unreadable,
+    ] {
+        assert!(
+            faults.get(&f).copied().unwrap_or(0) >= 1,
+            "fault {f:?} never injected: {faults:?}"
+        );
     }
-    assert_eq!(mock.state.inner.lock().unwrap().bad_auth, 0, "every call carries the key");
+    assert_eq!(
+        mock.state.inner.lock().unwrap().bad_auth,
+        0,
+        "every call carries the key"
+    );
 
     let scores = read_json(out.join("scores.json"));
     let dialogues = scores["dialogues"].as_array().unwrap();
@@ -409,7 +512,11 @@ async fn faults_are_retried_failures_counted_and_nothing_is_lost() {
         assert_ne!(d["end"], "failed", "{d}");
         assert_eq!(d["turns"], 2);
         let chest = d["scenario"] == "en-med-chest-pain";
-        assert_eq!(d["verdict"].is_null(), chest, "only the always-failing judge calls lack a verdict: {d}");
+        assert_eq!(
+            d["verdict"].is_null(),
+            chest,
+            "only the always-failing judge calls lack a verdict: {d}"
+        );
         // The patient disclosed one real fact (the unknown id is dropped).
         assert_eq!(d["disclosed"].as_array().unwrap().len(), 1, "{d}");
         for t in d["turn_verdicts"].as_array().unwrap() {
@@ -422,7 +529,10 @@ async fn faults_are_retried_failures_counted_and_nothing_is_lost() {
     for f in failures {
         assert_eq!(f["role"], "judge");
         let e = f["error"].as_str().unwrap();
-        assert!(e.contains("gave up after 4 attempts") && e.contains("HTTP 500"), "{e}");
+        assert!(
+            e.contains("gave up after 4 attempts") && e.contains("HTTP 500"),
+            "{e}"
+        );
     }
     assert!(stdout.contains("failures: judge 2"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
@@ -431,7 +541,10 @@ async fn faults_are_retried_failures_counted_and_nothing_is_lost() {
     assert_eq!(stored_http_calls(&out) as usize, mock.total_answered());
     assert_eq!(mock.repeated(), 0);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && !html.contains("<script"), "offline report with inline charts");
+    assert!(
+        html.contains("<svg") && !html.contains("<script"),
+        "offline report with inline charts"
+    );
     assert_no_key(work.path(), &[&stdout, &stderr]);
 
     // Rerunning into the same directory repeats no call.
@@ -440,7 +553,10 @@ async fn faults_are_retried_failures_counted_and_nothing_is_lost() {
     let after = mock.state.inner.lock().unwrap().requests;
     // Only the two always-failing calls are tried again (failures are not stored).
     assert_eq!(after - before, 2 * 4, "a rerun repeats only failed calls");
-    assert_eq!(read_json(out.join("scores.json"))["dialogues"], scores["dialogues"]);
+    assert_eq!(
+        read_json(out.join("scores.json"))["dialogues"],
+        scores["dialogues"]
+    );
     assert!(stdout2.contains("failures: judge 2"));
 }
 
@@ -448,7 +564,12 @@ async fn faults_are_retried_failures_counted_and_nothing_is_lost() {
 async fn killed_mid_run_resume_completes_with_equal_results_and_no_repeated_call() {
     let work = tempfile::tempdir().unwrap();
     let models = tiny_models(work.path());
-    let extra = ["--scenario-ids", "zh-psy-insomnia,en-med-chest-pain,en-psy-hopeless", "--mode", "both"];
+    let extra = [
+        "--scenario-ids",
+        "zh-psy-insomnia,en-med-chest-pain,en-psy-hopeless",
+        "--mode",
+        "both",
+    ];
 
     // The uninterrupted reference.
     let ref_mock = Mock::start(Plan::ByHash, None).await;
@@ -463,20 +584,30 @@ async fn killed_mid_run_resume_completes_with_equal_results_and_no_repeated_call
     let half = total / 2;
     *mock.state.hold_after.lock().unwrap() = Some(half);
     let a = args(&mock, work.path(), &models, &out, &extra);
-    let mut child = command(&a).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command(&a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut rx = mock.answered_rx.clone();
     rx.wait_for(|n| *n >= half).await.unwrap();
     // Wait until the child has stored every answered call (its "stored call" log lines).
     let mut stored = 0;
     while stored < half {
-        let line = lines.next_line().await.unwrap().expect("the child ended before storing its calls");
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the child ended before storing its calls");
         let v: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(_) => continue,
         };
         if v["fields"]["message"] == "stored call"
-            && v["fields"]["actor"].as_str().is_some_and(|a| a.starts_with("openai:"))
+            && v["fields"]["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("openai:"))
         {
             stored += 1;
         }
@@ -484,7 +615,10 @@ async fn killed_mid_run_resume_completes_with_equal_results_and_no_repeated_call
     child.kill().await.unwrap();
     let _ = child.wait().await;
     assert_eq!(mock.total_answered(), half);
-    assert!(!out.join("scores.json").exists(), "the run was killed before its end");
+    assert!(
+        !out.join("scores.json").exists(),
+        "the run was killed before its end"
+    );
 
     // Resume: completes, repeats nothing, and ends where the uninterrupted run did.
     *mock.state.hold_after.lock().unwrap() = None;
@@ -493,9 +627,20 @@ async fn killed_mid_run_resume_completes_with_equal_results_and_no_repeated_call
     let (stdout, stderr) = run_to_end(&resume).await;
     // Each distinct request was answered as often as in the uninterrupted run (identical requests
     // of one run, e.g. a teacher-forced turn 0 and a dialogue's first turn, are not merged).
-    assert_eq!(mock.answered_per_request(), ref_mock.answered_per_request(), "no call was repeated");
-    assert_eq!(mock.total_answered(), total, "the interrupted and resumed runs together made the reference's calls");
-    let (a_scores, b_scores) = (read_json(ref_out.join("scores.json")), read_json(out.join("scores.json")));
+    assert_eq!(
+        mock.answered_per_request(),
+        ref_mock.answered_per_request(),
+        "no call was repeated"
+    );
+    assert_eq!(
+        mock.total_answered(),
+        total,
+        "the interrupted and resumed runs together made the reference's calls"
+    );
+    let (a_scores, b_scores) = (
+        read_json(ref_out.join("scores.json")),
+        read_json(out.join("scores.json")),
+    );
     assert_eq!(a_scores["summary"], b_scores["summary"]);
     assert_eq!(a_scores["dialogues"], b_scores["dialogues"]);
     assert_eq!(a_scores["turn_mode"], b_scores["turn_mode"]);
@@ -505,7 +650,8 @@ async fn killed_mid_run_resume_completes_with_equal_results_and_no_repeated_call
     );
     let calls = read_json(out.join("calls.json"));
     assert_eq!(
-        calls["simulator"]["replayed"].as_u64().unwrap() + calls["judge"]["replayed"].as_u64().unwrap(),
+        calls["simulator"]["replayed"].as_u64().unwrap()
+            + calls["judge"]["replayed"].as_u64().unwrap(),
         half as u64
     );
     assert_no_key(work.path(), &[&stdout, &stderr]);
@@ -521,7 +667,11 @@ async fn killed_mid_run_resume_completes_with_equal_results_and_no_repeated_call
     ];
     let before = mock.state.inner.lock().unwrap().requests;
     run_to_end(&only).await;
-    assert_eq!(mock.state.inner.lock().unwrap().requests, before, "a finished run needs no call");
+    assert_eq!(
+        mock.state.inner.lock().unwrap().requests,
+        before,
+        "a finished run needs no call"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,10 +680,20 @@ async fn prompts_get_an_invented_profile_once() {
     let work = tempfile::tempdir().unwrap();
     let models = tiny_models(work.path());
     let out = work.path().join("run");
-    let a = args(&mock, work.path(), &models[..1], &out, &["--prompts", "我头疼", "--no-turn-judging"]);
+    let a = args(
+        &mock,
+        work.path(),
+        &models[..1],
+        &out,
+        &["--prompts", "我头疼", "--no-turn-judging"],
+    );
     let (stdout, stderr) = run_to_end(&a).await;
     run_to_end(&a).await;
-    assert_eq!(mock.state.inner.lock().unwrap().profiles, 1, "the profile is invented once and reused");
+    assert_eq!(
+        mock.state.inner.lock().unwrap().profiles,
+        1,
+        "the profile is invented once and reused"
+    );
     let scenarios = std::fs::read_to_string(out.join("scenarios.jsonl")).unwrap();
     let s: Value = serde_json::from_str(scenarios.lines().next().unwrap()).unwrap();
     assert_eq!(s["opening"], "我头疼");

@@ -37,12 +37,16 @@ impl Default for GenerationParams {
 impl GenerationParams {
     /// Checks the ranges; every flag that sets these goes through here.
     pub fn validate(&self) -> Result<(), SharedError> {
-        let bad = |field: &'static str, why: String| Err(SharedError::InvalidGeneration { field, why });
+        let bad =
+            |field: &'static str, why: String| Err(SharedError::InvalidGeneration { field, why });
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens", "must be at least 1".into());
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature", format!("{} is not a number >= 0", self.temperature));
+            return bad(
+                "temperature",
+                format!("{} is not a number >= 0", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("{} is not in (0, 1]", self.top_p));
@@ -94,10 +98,20 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_named() {
-        let p = GenerationParams { top_p: 1.5, ..Default::default() };
+        let p = GenerationParams {
+            top_p: 1.5,
+            ..Default::default()
+        };
         let e = p.validate().unwrap_err().to_string();
         assert!(e.contains("top_p"), "{e}");
-        let p = GenerationParams { temperature: -1.0, ..Default::default() };
-        assert!(p.validate().unwrap_err().to_string().contains("temperature"));
+        let p = GenerationParams {
+            temperature: -1.0,
+            ..Default::default()
+        };
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
     }
 }

@@ -97,7 +97,11 @@ pub struct ModelConfig {
 fn ids(v: &Option<Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -106,14 +110,21 @@ impl ModelConfig {
     /// Reads and checks `config.json` and (if present) `generation_config.json` of a model folder.
     pub fn from_folder(folder: &Path) -> Result<Self, SharedError> {
         let path = folder.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| SharedError::Io { path: path.clone(), source })?;
-        let hf: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| SharedError::Config { path: path.clone(), why: format!("not a valid config.json: {e}") })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| SharedError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| SharedError::Config {
+            path: path.clone(),
+            why: format!("not a valid config.json: {e}"),
+        })?;
         let gpath = folder.join("generation_config.json");
         let gen = match std::fs::read_to_string(&gpath) {
-            Ok(t) => Some(serde_json::from_str::<HfGenerationConfig>(&t).map_err(|e| SharedError::Config {
-                path: gpath.clone(),
-                why: format!("not a valid generation_config.json: {e}"),
+            Ok(t) => Some(serde_json::from_str::<HfGenerationConfig>(&t).map_err(|e| {
+                SharedError::Config {
+                    path: gpath.clone(),
+                    why: format!("not a valid generation_config.json: {e}"),
+                }
             })?),
             Err(_) => None,
         };
@@ -122,7 +133,12 @@ impl ModelConfig {
 
     /// Resolves the HF fields into the checked form; the error says which field is wrong.
     pub fn resolve(hf: &HfConfig, gen: Option<&HfGenerationConfig>) -> Result<Self, String> {
-        let arch_name = hf.architectures.first().cloned().or_else(|| hf.model_type.clone()).unwrap_or_default();
+        let arch_name = hf
+            .architectures
+            .first()
+            .cloned()
+            .or_else(|| hf.model_type.clone())
+            .unwrap_or_default();
         let architecture = match arch_name.as_str() {
             "LlamaForCausalLM" | "llama" => Architecture::Llama,
             "Qwen2ForCausalLM" | "qwen2" => Architecture::Qwen2,
@@ -135,25 +151,36 @@ impl ModelConfig {
             }
         };
         if let Some(q) = &hf.quantization_config {
-            let method = q.get("quant_method").and_then(|m| m.as_str()).unwrap_or("unknown");
+            let method = q
+                .get("quant_method")
+                .and_then(|m| m.as_str())
+                .unwrap_or("unknown");
             return Err(format!(
                 "pre-quantized checkpoints ({method}) are not supported: give the bf16/f16/f32 weights and ask for --load-in-8bit or --load-in-4bit"
             ));
         }
-        let need = |v: Option<usize>, name: &str| v.filter(|x| *x > 0).ok_or_else(|| format!("missing or zero `{name}`"));
+        let need = |v: Option<usize>, name: &str| {
+            v.filter(|x| *x > 0)
+                .ok_or_else(|| format!("missing or zero `{name}`"))
+        };
         let hidden_size = need(hf.hidden_size, "hidden_size")?;
         let num_heads = need(hf.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(num_heads);
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"));
         }
-        let head_dim = match hf.head_dim {
-            Some(d) => d,
-            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => return Err(format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}")),
-        };
+        let head_dim =
+            match hf.head_dim {
+                Some(d) => d,
+                None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+                None => return Err(format!(
+                    "hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}"
+                )),
+            };
         if head_dim % 2 != 0 {
-            return Err(format!("head_dim {head_dim} must be even for rotary embeddings"));
+            return Err(format!(
+                "head_dim {head_dim} must be even for rotary embeddings"
+            ));
         }
         let rope = hf.rope_parameters.as_ref().or(hf.rope_scaling.as_ref());
         let rope_type = rope
@@ -161,11 +188,18 @@ impl ModelConfig {
             .and_then(|t| t.as_str())
             .unwrap_or("default");
         if rope_type != "default" {
-            return Err(format!("rope type '{rope_type}' is not supported yet (only the default rotary embedding)"));
+            return Err(format!(
+                "rope type '{rope_type}' is not supported yet (only the default rotary embedding)"
+            ));
         }
         let rope_theta = hf
             .rope_theta
-            .or_else(|| hf.rope_parameters.as_ref().and_then(|r| r.get("rope_theta")).and_then(|t| t.as_f64()))
+            .or_else(|| {
+                hf.rope_parameters
+                    .as_ref()
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(|t| t.as_f64())
+            })
             .unwrap_or(10000.0);
         if let Some(act) = &hf.hidden_act {
             if act != "silu" {
@@ -250,7 +284,10 @@ mod tests {
     #[test]
     fn qwen3_8b_resolves_with_the_published_sizes() {
         let hf: HfConfig = serde_json::from_str(QWEN3_8B).unwrap();
-        let gen = HfGenerationConfig { eos_token_id: Some(serde_json::json!([151645, 151643])), ..Default::default() };
+        let gen = HfGenerationConfig {
+            eos_token_id: Some(serde_json::json!([151645, 151643])),
+            ..Default::default()
+        };
         let c = ModelConfig::resolve(&hf, Some(&gen)).unwrap();
         assert_eq!(c.architecture, Architecture::Qwen3);
         assert_eq!((c.head_dim, c.num_kv_heads, c.rope_theta), (128, 8, 1e6));
@@ -274,14 +311,22 @@ mod tests {
 
     #[test]
     fn unknown_architecture_and_bad_heads_are_clear_errors() {
-        let hf = HfConfig { architectures: vec!["MambaForCausalLM".into()], ..Default::default() };
+        let hf = HfConfig {
+            architectures: vec!["MambaForCausalLM".into()],
+            ..Default::default()
+        };
         let e = ModelConfig::resolve(&hf, None).unwrap_err();
-        assert!(e.contains("MambaForCausalLM") && e.contains("Qwen3ForCausalLM"), "{e}");
+        assert!(
+            e.contains("MambaForCausalLM") && e.contains("Qwen3ForCausalLM"),
+            "{e}"
+        );
         let hf: HfConfig = serde_json::from_str(
             r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":10,"hidden_size":8,"intermediate_size":16,
             "num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#,
         )
         .unwrap();
-        assert!(ModelConfig::resolve(&hf, None).unwrap_err().contains("multiple"));
+        assert!(ModelConfig::resolve(&hf, None)
+            .unwrap_err()
+            .contains("multiple"));
     }
 }

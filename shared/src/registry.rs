@@ -89,7 +89,9 @@ pub fn default_registry_path() -> PathBuf {
 pub fn validate_name(name: &str) -> Result<(), SharedError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !name.starts_with('.');
     if ok {
         Ok(())
@@ -111,28 +113,47 @@ impl Registry {
         };
         vec![
             spec("Qwen3-8B", "Base Qwen3-8B model (5 safetensors shards)"),
-            spec("qwen3_full_sft", "Fine-tuned Qwen3-8B, full SFT (4 safetensors shards)"),
-            spec("llama_factory_psy1.32.1_lora_qwen2_7b_dpo", "Qwen2-7B with LoRA + DPO (LLaMA-Factory, psychology)"),
+            spec(
+                "qwen3_full_sft",
+                "Fine-tuned Qwen3-8B, full SFT (4 safetensors shards)",
+            ),
+            spec(
+                "llama_factory_psy1.32.1_lora_qwen2_7b_dpo",
+                "Qwen2-7B with LoRA + DPO (LLaMA-Factory, psychology)",
+            ),
         ]
     }
 
     /// Loads the registry file (a missing file is an empty registry) on top of the predefined names.
     pub fn load(file: &Path, models_root: &Path) -> Result<Self, SharedError> {
-        let mut models: BTreeMap<String, ModelSpec> =
-            Self::predefined(models_root).into_iter().map(|m| (m.name.clone(), m)).collect();
+        let mut models: BTreeMap<String, ModelSpec> = Self::predefined(models_root)
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect();
         match std::fs::read_to_string(file) {
             Ok(text) => {
-                let parsed: RegistryFile = toml::from_str(&text)
-                    .map_err(|e| SharedError::RegistryParse { path: file.to_path_buf(), why: e.to_string() })?;
+                let parsed: RegistryFile =
+                    toml::from_str(&text).map_err(|e| SharedError::RegistryParse {
+                        path: file.to_path_buf(),
+                        why: e.to_string(),
+                    })?;
                 for m in parsed.models {
                     validate_name(&m.name)?;
                     models.insert(m.name.clone(), m);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(SharedError::Io { path: file.to_path_buf(), source }),
+            Err(source) => {
+                return Err(SharedError::Io {
+                    path: file.to_path_buf(),
+                    source,
+                })
+            }
         }
-        Ok(Self { file: file.to_path_buf(), models })
+        Ok(Self {
+            file: file.to_path_buf(),
+            models,
+        })
     }
 
     pub fn file(&self) -> &Path {
@@ -154,7 +175,10 @@ impl Registry {
         }
         let p = Path::new(name_or_path);
         if p.is_dir() {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name_or_path.into());
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| name_or_path.into());
             return Ok(ModelSpec {
                 name,
                 path: p.to_path_buf(),
@@ -181,9 +205,19 @@ impl Registry {
     }
 
     fn save(&self) -> Result<(), SharedError> {
-        let file = RegistryFile { models: self.models.values().filter(|m| !m.predefined).cloned().collect() };
+        let file = RegistryFile {
+            models: self
+                .models
+                .values()
+                .filter(|m| !m.predefined)
+                .cloned()
+                .collect(),
+        };
         let text = toml::to_string_pretty(&file).expect("registry entries serialize");
-        let io = |source| SharedError::Io { path: self.file.clone(), source };
+        let io = |source| SharedError::Io {
+            path: self.file.clone(),
+            source,
+        };
         if let Some(dir) = self.file.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -223,9 +257,15 @@ mod tests {
         r.register(spec.clone()).unwrap();
         let again = Registry::load(&file, dir.path()).unwrap();
         assert_eq!(again.resolve("my_new_model").unwrap(), spec);
-        assert!(matches!(again.resolve("nope"), Err(SharedError::UnknownModel { .. })));
+        assert!(matches!(
+            again.resolve("nope"),
+            Err(SharedError::UnknownModel { .. })
+        ));
         // A folder path resolves without registration.
-        assert_eq!(again.resolve(dir.path().to_str().unwrap()).unwrap().path, dir.path());
+        assert_eq!(
+            again.resolve(dir.path().to_str().unwrap()).unwrap().path,
+            dir.path()
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| EngineError::Device(other.into(), "expected cpu, cuda or cuda:N".into())),
+                .ok_or_else(|| {
+                    EngineError::Device(other.into(), "expected cpu, cuda or cuda:N".into())
+                }),
         }
     }
 }
@@ -65,7 +67,10 @@ impl FromStr for ComputeDtype {
         match s {
             "f32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(EngineError::Device(other.into(), "dtype must be f32 or bf16".into())),
+            other => Err(EngineError::Device(
+                other.into(),
+                "dtype must be f32 or bf16".into(),
+            )),
         }
     }
 }

@@ -32,7 +32,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: DeviceSpec::Cpu, dtype: None, quantization: Quantization::None, stages: 1, max_batch: 32 }
+        Self {
+            device: DeviceSpec::Cpu,
+            dtype: None,
+            quantization: Quantization::None,
+            stages: 1,
+            max_batch: 32,
+        }
     }
 }
 
@@ -114,7 +120,10 @@ impl Engine {
     pub fn load(folder: &Path, opts: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
         if !folder.is_dir() {
-            return Err(EngineError::MissingFile { path: folder.to_path_buf(), what: "the model folder does not exist" });
+            return Err(EngineError::MissingFile {
+                path: folder.to_path_buf(),
+                what: "the model folder does not exist",
+            });
         }
         let cfg = ModelConfig::from_folder(folder)?;
         let tokenizer = ChatTokenizer::from_folder(folder)?;
@@ -131,7 +140,14 @@ impl Engine {
         let mut stages = Vec::with_capacity(ranges.len());
         for r in &ranges {
             tracing::debug!(layers = ?r, device = %opts.device, "loading stage");
-            stages.push(LoadedStage::load(&cfg, &weights, r.clone(), &opts.device, dtype, quantization)?);
+            stages.push(LoadedStage::load(
+                &cfg,
+                &weights,
+                r.clone(),
+                &opts.device,
+                dtype,
+                quantization,
+            )?);
         }
         let report = LoadReport {
             folder: folder.to_path_buf(),
@@ -146,7 +162,13 @@ impl Engine {
         };
         tracing::info!(folder = %folder.display(), arch = ?cfg.architecture, layers = cfg.num_layers,
             secs = report.load_seconds, "model loaded");
-        Ok(Self { stages, tokenizer, cfg, max_batch: opts.max_batch.max(1), report })
+        Ok(Self {
+            stages,
+            tokenizer,
+            cfg,
+            max_batch: opts.max_batch.max(1),
+            report,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -163,8 +185,14 @@ impl Engine {
         self.cfg.max_position_embeddings
     }
 
-    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool, enable_thinking: bool) -> Result<Vec<u32>> {
-        self.tokenizer.encode_chat(messages, add_generation_prompt, enable_thinking)
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: bool,
+    ) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode_chat(messages, add_generation_prompt, enable_thinking)
     }
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer.encode(text)
@@ -178,16 +206,25 @@ impl Engine {
     }
 
     /// Runs all stages; returns logits rows.
-    fn forward(&self, tokens: Vec<Vec<u32>>, caches: &mut [&mut Vec<SeqCache>], all_logits: bool) -> Result<(Vec<f32>, usize)> {
+    fn forward(
+        &self,
+        tokens: Vec<Vec<u32>>,
+        caches: &mut [&mut Vec<SeqCache>],
+        all_logits: bool,
+    ) -> Result<(Vec<f32>, usize)> {
         let mut input = HostStageInput::Tokens(tokens);
         for (si, stage) in self.stages.iter().enumerate() {
             let mut sc: Vec<&mut SeqCache> = caches.iter_mut().map(|c| &mut c[si]).collect();
             match stage.forward(input, &mut sc, all_logits)? {
-                HostStageOutput::Hidden { data, lens, t_max } => input = HostStageInput::Hidden { data, lens, t_max },
+                HostStageOutput::Hidden { data, lens, t_max } => {
+                    input = HostStageInput::Hidden { data, lens, t_max }
+                }
                 HostStageOutput::Logits { data, vocab, .. } => return Ok((data, vocab)),
             }
         }
-        Err(EngineError::StageInput("the last stage produced no logits".into()))
+        Err(EngineError::StageInput(
+            "the last stage produced no logits".into(),
+        ))
     }
 
     /// Logits at every position of `ids` (`ids.len()` rows of `vocab`), without cache reuse.
@@ -211,10 +248,17 @@ impl Engine {
             return Err(EngineError::EmptyPrompt { index });
         }
         if ids.len() + room > self.context_len() {
-            return Err(EngineError::PromptTooLong { index, prompt_tokens: ids.len(), context: self.context_len() });
+            return Err(EngineError::PromptTooLong {
+                index,
+                prompt_tokens: ids.len(),
+                context: self.context_len(),
+            });
         }
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(EngineError::TokenOutOfRange { id, vocab: self.cfg.vocab_size });
+            return Err(EngineError::TokenOutOfRange {
+                id,
+                vocab: self.cfg.vocab_size,
+            });
         }
         Ok(())
     }
@@ -242,8 +286,12 @@ impl Engine {
                 });
             }
             if !joining.is_empty() {
-                let tokens = joining.iter().map(|a| reqs[a.index].prompt_ids.clone()).collect();
-                let mut caches: Vec<&mut Vec<SeqCache>> = joining.iter_mut().map(|a| &mut a.caches).collect();
+                let tokens = joining
+                    .iter()
+                    .map(|a| reqs[a.index].prompt_ids.clone())
+                    .collect();
+                let mut caches: Vec<&mut Vec<SeqCache>> =
+                    joining.iter_mut().map(|a| &mut a.caches).collect();
                 let (logits, vocab) = self.forward(tokens, &mut caches, false)?;
                 for (a, row) in joining.iter_mut().zip(logits.chunks(vocab)) {
                     let t = a.sampler.sample(row);
@@ -251,8 +299,12 @@ impl Engine {
                 }
                 active.extend(joining);
             } else {
-                let tokens = active.iter().map(|a| vec![*a.generated.last().expect("prefilled")]).collect();
-                let mut caches: Vec<&mut Vec<SeqCache>> = active.iter_mut().map(|a| &mut a.caches).collect();
+                let tokens = active
+                    .iter()
+                    .map(|a| vec![*a.generated.last().expect("prefilled")])
+                    .collect();
+                let mut caches: Vec<&mut Vec<SeqCache>> =
+                    active.iter_mut().map(|a| &mut a.caches).collect();
                 let (logits, vocab) = self.forward(tokens, &mut caches, false)?;
                 for (a, row) in active.iter_mut().zip(logits.chunks(vocab)) {
                     let t = a.sampler.sample(row);
@@ -263,27 +315,49 @@ impl Engine {
             let mut still = Vec::with_capacity(active.len());
             for a in active {
                 match self.finished(&a, reqs[a.index].prompt_ids.len())? {
-                    Some(done) => out[a.index] = Some(GenerateOutput { prompt_token_ids: reqs[a.index].prompt_ids.clone(), ..done }),
+                    Some(done) => {
+                        out[a.index] = Some(GenerateOutput {
+                            prompt_token_ids: reqs[a.index].prompt_ids.clone(),
+                            ..done
+                        })
+                    }
                     None => still.push(a),
                 }
             }
             active = still;
         }
-        Ok(out.into_iter().map(|o| o.expect("every request finishes")).collect())
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request finishes"))
+            .collect())
     }
 
     /// Whether a sequence is done after its last token, and its output if so.
     fn finished(&self, a: &Active, prompt_len: usize) -> Result<Option<GenerateOutput>> {
         let last = *a.generated.last().expect("at least one token");
         let done = |reason, text: String| {
-            Ok(Some(GenerateOutput { text, token_ids: a.generated.clone(), prompt_token_ids: Vec::new(), finish_reason: reason }))
+            Ok(Some(GenerateOutput {
+                text,
+                token_ids: a.generated.clone(),
+                prompt_token_ids: Vec::new(),
+                finish_reason: reason,
+            }))
         };
         if self.cfg.eos_token_ids.contains(&last) {
-            return done(FinishReason::Eos, self.decode(&a.generated[..a.generated.len() - 1])?);
+            return done(
+                FinishReason::Eos,
+                self.decode(&a.generated[..a.generated.len() - 1])?,
+            );
         }
         if !a.params.stop.is_empty() {
             let text = self.decode(&a.generated)?;
-            if let Some(cut) = a.params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if let Some(cut) = a
+                .params
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
                 return done(FinishReason::Stop, text[..cut].to_string());
             }
         }
@@ -298,7 +372,12 @@ impl Engine {
 
     /// Times one prefill of `batch` prompts of `prompt_len` tokens and `new_tokens` greedy decode
     /// steps (eos ignored), for benchmarks. Token ids are a fixed pseudo-random sequence.
-    pub fn time_generation(&self, batch: usize, prompt_len: usize, new_tokens: usize) -> Result<StepTimings> {
+    pub fn time_generation(
+        &self,
+        batch: usize,
+        prompt_len: usize,
+        new_tokens: usize,
+    ) -> Result<StepTimings> {
         let vocab = self.cfg.vocab_size as u64;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = || {
@@ -307,7 +386,9 @@ impl Engine {
             state ^= state << 17;
             (state % vocab) as u32
         };
-        let prompts: Vec<Vec<u32>> = (0..batch).map(|_| (0..prompt_len).map(|_| next()).collect()).collect();
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|_| (0..prompt_len).map(|_| next()).collect())
+            .collect();
         self.check_prompt(0, &prompts[0], new_tokens)?;
         let mut caches: Vec<Vec<SeqCache>> = (0..batch).map(|_| self.new_caches()).collect();
         let t = Instant::now();
@@ -323,14 +404,29 @@ impl Engine {
             last = logits.chunks(vocab).map(crate::sampling::argmax).collect();
         }
         let decode = t.elapsed().as_secs_f64();
-        Ok(StepTimings { batch, prompt_len, new_tokens, prefill_seconds: prefill, decode_seconds: decode })
+        Ok(StepTimings {
+            batch,
+            prompt_len,
+            new_tokens,
+            prefill_seconds: prefill,
+            decode_seconds: decode,
+        })
     }
 
     /// Convenience: one chat turn for each conversation.
-    pub fn chat(&self, conversations: &[Vec<ChatMessage>], params: &GenerationParams) -> Result<Vec<GenerateOutput>> {
+    pub fn chat(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        params: &GenerationParams,
+    ) -> Result<Vec<GenerateOutput>> {
         let reqs = conversations
             .iter()
-            .map(|m| Ok(GenerateRequest { prompt_ids: self.encode_chat(m, true, params.enable_thinking)?, params: params.clone() }))
+            .map(|m| {
+                Ok(GenerateRequest {
+                    prompt_ids: self.encode_chat(m, true, params.enable_thinking)?,
+                    params: params.clone(),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         self.generate(&reqs)
     }

@@ -38,9 +38,15 @@ impl WeightFiles {
         let shard_names: Vec<String>;
         let mut named: Option<BTreeMap<String, String>> = None;
         if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|source| EngineError::Io { path: index_path.clone(), source })?;
-            let idx: IndexFile = serde_json::from_str(&text)
-                .map_err(|e| EngineError::BadIndex { path: index_path.clone(), why: format!("not a valid index: {e}") })?;
+            let text = std::fs::read_to_string(&index_path).map_err(|source| EngineError::Io {
+                path: index_path.clone(),
+                source,
+            })?;
+            let idx: IndexFile =
+                serde_json::from_str(&text).map_err(|e| EngineError::BadIndex {
+                    path: index_path.clone(),
+                    why: format!("not a valid index: {e}"),
+                })?;
             let mut names: Vec<String> = idx.weight_map.values().cloned().collect();
             names.sort();
             names.dedup();
@@ -50,7 +56,10 @@ impl WeightFiles {
             shard_names = vec!["model.safetensors".into()];
         } else {
             let mut found: Vec<String> = std::fs::read_dir(folder)
-                .map_err(|source| EngineError::Io { path: folder.to_path_buf(), source })?
+                .map_err(|source| EngineError::Io {
+                    path: folder.to_path_buf(),
+                    source,
+                })?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.ends_with(".safetensors"))
@@ -75,13 +84,22 @@ impl WeightFiles {
                         why: format!("names shard {name}, which is missing from the folder"),
                     }
                 } else {
-                    EngineError::Io { path: path.clone(), source }
+                    EngineError::Io {
+                        path: path.clone(),
+                        source,
+                    }
                 }
             })?;
             // SAFETY: the file is opened read-only; a concurrent writer would corrupt values, not memory safety of our reads
             // beyond what any reader of a changing file sees.
-            let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io { path: path.clone(), source })?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| EngineError::CorruptShard { path: path.clone(), why: e.to_string() })?;
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| EngineError::CorruptShard {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
             for n in st.names() {
                 index.insert(n.to_string(), i);
             }
@@ -89,7 +107,10 @@ impl WeightFiles {
         }
         if let Some(map) = named {
             for (tensor, shard) in map {
-                let i = shard_names.iter().position(|s| *s == shard).expect("shard list built from the map");
+                let i = shard_names
+                    .iter()
+                    .position(|s| *s == shard)
+                    .expect("shard list built from the map");
                 if index.get(&tensor) != Some(&i) {
                     return Err(EngineError::BadIndex {
                         path: index_path.clone(),
@@ -98,7 +119,11 @@ impl WeightFiles {
                 }
             }
         }
-        Ok(Self { folder: folder.to_path_buf(), shards, index })
+        Ok(Self {
+            folder: folder.to_path_buf(),
+            shards,
+            index,
+        })
     }
 
     pub fn folder(&self) -> &Path {
@@ -134,20 +159,49 @@ impl WeightFiles {
         let &i = self
             .index
             .get(name)
-            .ok_or_else(|| EngineError::MissingTensor { name: name.into(), folder: self.folder.clone() })?;
+            .ok_or_else(|| EngineError::MissingTensor {
+                name: name.into(),
+                folder: self.folder.clone(),
+            })?;
         let (path, map) = &self.shards[i];
-        let st = SafeTensors::deserialize(map).map_err(|e| EngineError::CorruptShard { path: path.clone(), why: e.to_string() })?;
-        let view = st.tensor(name).map_err(|e| EngineError::CorruptShard { path: path.clone(), why: e.to_string() })?;
+        let st = SafeTensors::deserialize(map).map_err(|e| EngineError::CorruptShard {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        let view = st.tensor(name).map_err(|e| EngineError::CorruptShard {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
         let shape = view.shape().to_vec();
         if shape != expected {
-            return Err(EngineError::ShapeMismatch { name: name.into(), path: path.clone(), expected: expected.to_vec(), found: shape });
+            return Err(EngineError::ShapeMismatch {
+                name: name.into(),
+                path: path.clone(),
+                expected: expected.to_vec(),
+                found: shape,
+            });
         }
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => return Err(EngineError::UnsupportedDtype { name: name.into(), path: path.clone(), dtype: format!("{other:?}") }),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(EngineError::UnsupportedDtype {
+                    name: name.into(),
+                    path: path.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         Ok(HostWeights { shape, data })
     }

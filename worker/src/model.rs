@@ -42,18 +42,42 @@ pub fn quant_scheme(q: Quantization, cpu: bool) -> Option<QuantScheme> {
         (Quantization::Int8, false) => (QuantValue::Q8S, QuantStore::PackedU32(0)),
         (Quantization::Int4, false) => (QuantValue::Q4S, QuantStore::PackedU32(0)),
     };
-    Some(QuantScheme::default().with_value(value).with_level(QuantLevel::block([32])).with_store(store).with_param(QuantParam::F32))
+    Some(
+        QuantScheme::default()
+            .with_value(value)
+            .with_level(QuantLevel::block([32]))
+            .with_store(store)
+            .with_param(QuantParam::F32),
+    )
 }
 
 impl<B: Backend> Linear<B> {
-    fn load(w: &WeightFiles, prefix: &str, out: usize, inp: usize, bias: bool, q: Quantization, dev: &B::Device) -> Result<Self> {
+    fn load(
+        w: &WeightFiles,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        q: Quantization,
+        dev: &B::Device,
+    ) -> Result<Self> {
         let weight = tensor2::<B>(w, &format!("{prefix}.weight"), out, inp, dev)?;
-        let bias = if bias { Some(tensor1::<B>(w, &format!("{prefix}.bias"), out, dev)?) } else { None };
+        let bias = if bias {
+            Some(tensor1::<B>(w, &format!("{prefix}.bias"), out, dev)?)
+        } else {
+            None
+        };
         let weight = match quant_scheme(q, dev_is_cpu::<B>(dev)) {
-            Some(scheme) if inp % 32 == 0 => LinearWeight::Quantized(weight.quantize_dynamic(&scheme)),
+            Some(scheme) if inp % 32 == 0 => {
+                LinearWeight::Quantized(weight.quantize_dynamic(&scheme))
+            }
             _ => LinearWeight::Dense(weight.transpose()),
         };
-        Ok(Self { weight, out_features: out, bias })
+        Ok(Self {
+            weight,
+            out_features: out,
+            bias,
+        })
     }
 
     /// # Shapes
@@ -78,18 +102,33 @@ fn dev_is_cpu<B: Backend>(dev: &B::Device) -> bool {
     format!("{dev:?}").to_ascii_lowercase().contains("cpu")
 }
 
-fn tensor1<B: Backend>(w: &WeightFiles, name: &str, n: usize, dev: &B::Device) -> Result<Tensor<B, 1>> {
+fn tensor1<B: Backend>(
+    w: &WeightFiles,
+    name: &str,
+    n: usize,
+    dev: &B::Device,
+) -> Result<Tensor<B, 1>> {
     let h = w.read(name, &[n])?;
     Ok(Tensor::from_data(TensorData::new(h.data, [n]), dev))
 }
 
-fn tensor2<B: Backend>(w: &WeightFiles, name: &str, r: usize, c: usize, dev: &B::Device) -> Result<Tensor<B, 2>> {
+fn tensor2<B: Backend>(
+    w: &WeightFiles,
+    name: &str,
+    r: usize,
+    c: usize,
+    dev: &B::Device,
+) -> Result<Tensor<B, 2>> {
     let h = w.read(name, &[r, c])?;
     Ok(Tensor::from_data(TensorData::new(h.data, [r, c]), dev))
 }
 
 /// RMSNorm over the last dimension, computed like transformers (in the activation dtype).
-fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
     let var = x.clone().powi_scalar(2).mean_dim(D - 1);
     let normed = x * (var + eps).sqrt().recip();
     let mut shape = [1usize; D];
@@ -112,29 +151,93 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    fn new(cfg: &ModelConfig, w: &WeightFiles, i: usize, quant: Quantization, dev: &B::Device) -> Result<Self> {
+    fn new(
+        cfg: &ModelConfig,
+        w: &WeightFiles,
+        i: usize,
+        quant: Quantization,
+        dev: &B::Device,
+    ) -> Result<Self> {
         let p = format!("model.layers.{i}");
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let qk_norm = |n: &str| -> Result<Option<Tensor<B, 1>>> {
             if cfg.qk_norm {
-                Ok(Some(tensor1::<B>(w, &format!("{p}.self_attn.{n}.weight"), hd, dev)?))
+                Ok(Some(tensor1::<B>(
+                    w,
+                    &format!("{p}.self_attn.{n}.weight"),
+                    hd,
+                    dev,
+                )?))
             } else {
                 Ok(None)
             }
         };
         Ok(Self {
             input_layernorm: tensor1::<B>(w, &format!("{p}.input_layernorm.weight"), h, dev)?,
-            q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), q, h, cfg.qkv_bias, quant, dev)?,
-            k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv, h, cfg.qkv_bias, quant, dev)?,
-            v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv, h, cfg.qkv_bias, quant, dev)?,
+            q_proj: Linear::load(
+                w,
+                &format!("{p}.self_attn.q_proj"),
+                q,
+                h,
+                cfg.qkv_bias,
+                quant,
+                dev,
+            )?,
+            k_proj: Linear::load(
+                w,
+                &format!("{p}.self_attn.k_proj"),
+                kv,
+                h,
+                cfg.qkv_bias,
+                quant,
+                dev,
+            )?,
+            v_proj: Linear::load(
+                w,
+                &format!("{p}.self_attn.v_proj"),
+                kv,
+                h,
+                cfg.qkv_bias,
+                quant,
+                dev,
+            )?,
             o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, q, false, quant, dev)?,
             q_norm: qk_norm("q_norm")?,
             k_norm: qk_norm("k_norm")?,
-            post_attention_layernorm: tensor1::<B>(w, &format!("{p}.post_attention_layernorm.weight"), h, dev)?,
-            gate_proj: Linear::load(w, &format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false, quant, dev)?,
-            up_proj: Linear::load(w, &format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false, quant, dev)?,
-            down_proj: Linear::load(w, &format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false, quant, dev)?,
+            post_attention_layernorm: tensor1::<B>(
+                w,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                dev,
+            )?,
+            gate_proj: Linear::load(
+                w,
+                &format!("{p}.mlp.gate_proj"),
+                cfg.intermediate_size,
+                h,
+                false,
+                quant,
+                dev,
+            )?,
+            up_proj: Linear::load(
+                w,
+                &format!("{p}.mlp.up_proj"),
+                cfg.intermediate_size,
+                h,
+                false,
+                quant,
+                dev,
+            )?,
+            down_proj: Linear::load(
+                w,
+                &format!("{p}.mlp.down_proj"),
+                h,
+                cfg.intermediate_size,
+                false,
+                quant,
+                dev,
+            )?,
         })
     }
 }
@@ -147,7 +250,10 @@ pub struct StageCache<B: Backend> {
 
 impl<B: Backend> StageCache<B> {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: (0..num_layers).map(|_| None).collect(), len: 0 }
+        Self {
+            layers: (0..num_layers).map(|_| None).collect(),
+            len: 0,
+        }
     }
     pub fn len(&self) -> usize {
         self.len
@@ -190,7 +296,13 @@ pub struct Stage<B: Backend> {
 
 impl<B: Backend> Stage<B> {
     /// Loads layers `range` of the model in `w` onto `device`.
-    pub fn load(cfg: &ModelConfig, w: &WeightFiles, range: Range<usize>, q: Quantization, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        cfg: &ModelConfig,
+        w: &WeightFiles,
+        range: Range<usize>,
+        q: Quantization,
+        device: &B::Device,
+    ) -> Result<Self> {
         if range.start >= range.end || range.end > cfg.num_layers {
             return Err(EngineError::StageInput(format!(
                 "layer range {}..{} is not within the model's {} layers",
@@ -215,7 +327,11 @@ impl<B: Backend> Stage<B> {
                 embed.clone().expect("loaded above when tied").transpose()
             } else {
                 if !w.contains("lm_head.weight") {
-                    return Err(EngineError::MissingTensor { name: "lm_head.weight (config.json says tie_word_embeddings = false)".into(), folder: w.folder().to_path_buf() });
+                    return Err(EngineError::MissingTensor {
+                        name: "lm_head.weight (config.json says tie_word_embeddings = false)"
+                            .into(),
+                        folder: w.folder().to_path_buf(),
+                    });
                 }
                 tensor2::<B>(w, "lm_head.weight", v, h, device)?.transpose()
             };
@@ -256,36 +372,60 @@ impl<B: Backend> Stage<B> {
     /// - input tokens: one `Vec<u32>` per sequence (lengths may differ), or hidden `[batch, max_chunk, hidden]`
     /// - output hidden: `[batch, max_chunk, hidden]`; logits `[batch, vocab]` (last new position of each
     ///   sequence), or `[batch * max_chunk, vocab]` when `all_logits`
-    pub fn forward(&self, input: StageIn<B>, caches: &mut [&mut StageCache<B>], all_logits: bool) -> Result<StageOut<B>> {
+    pub fn forward(
+        &self,
+        input: StageIn<B>,
+        caches: &mut [&mut StageCache<B>],
+        all_logits: bool,
+    ) -> Result<StageOut<B>> {
         let (mut x, lens) = match input {
             StageIn::Tokens(tokens) => {
-                let embed = self.embed_tokens.as_ref().ok_or_else(|| EngineError::StageInput("tokens sent to a stage that does not embed".into()))?;
+                let embed = self.embed_tokens.as_ref().ok_or_else(|| {
+                    EngineError::StageInput("tokens sent to a stage that does not embed".into())
+                })?;
                 let lens: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
                 let t_max = lens.iter().copied().max().unwrap_or(0);
                 let mut ids = Vec::with_capacity(tokens.len() * t_max);
                 for t in &tokens {
                     for &id in t {
                         if id as usize >= self.cfg.vocab_size {
-                            return Err(EngineError::TokenOutOfRange { id, vocab: self.cfg.vocab_size });
+                            return Err(EngineError::TokenOutOfRange {
+                                id,
+                                vocab: self.cfg.vocab_size,
+                            });
                         }
                         ids.push(id as i64);
                     }
                     ids.extend(std::iter::repeat_n(0i64, t_max - t.len()));
                 }
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens.len() * t_max]), &self.device);
-                let x = embed.clone().select(0, idx).reshape([tokens.len(), t_max, self.cfg.hidden_size]);
+                let idx = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(ids, [tokens.len() * t_max]),
+                    &self.device,
+                );
+                let x = embed.clone().select(0, idx).reshape([
+                    tokens.len(),
+                    t_max,
+                    self.cfg.hidden_size,
+                ]);
                 (x, lens)
             }
             StageIn::Hidden(x, lens) => {
                 if self.is_first() {
-                    return Err(EngineError::StageInput("hidden states sent to the first stage".into()));
+                    return Err(EngineError::StageInput(
+                        "hidden states sent to the first stage".into(),
+                    ));
                 }
                 (x, lens)
             }
         };
         let b = lens.len();
         if caches.len() != b || b == 0 || lens.contains(&0) {
-            return Err(EngineError::StageInput(format!("{} caches for {} sequences with chunk lengths {:?}", caches.len(), b, lens)));
+            return Err(EngineError::StageInput(format!(
+                "{} caches for {} sequences with chunk lengths {:?}",
+                caches.len(),
+                b,
+                lens
+            )));
         }
         let t_max = x.dims()[1];
         let past: Vec<usize> = caches.iter().map(|c| c.len).collect();
@@ -306,7 +446,11 @@ impl<B: Backend> Stage<B> {
         }
         let pos = Tensor::<B, 1, Int>::from_data(TensorData::new(pos, [b * t_max]), &self.device);
         let hd = self.cfg.head_dim;
-        let cos = self.cos.clone().select(0, pos.clone()).reshape([b, 1, t_max, hd]);
+        let cos = self
+            .cos
+            .clone()
+            .select(0, pos.clone())
+            .reshape([b, 1, t_max, hd]);
         let sin = self.sin.clone().select(0, pos).reshape([b, 1, t_max, hd]);
         // Additive mask [b, 1, t_max, l_max]: key l is visible to query j of sequence i when
         // l <= past_i + j and l < total_i.
@@ -319,7 +463,8 @@ impl<B: Backend> Stage<B> {
                 }
             }
         }
-        let mask = Tensor::<B, 4>::from_data(TensorData::new(mask, [b, 1, t_max, l_max]), &self.device);
+        let mask =
+            Tensor::<B, 4>::from_data(TensorData::new(mask, [b, 1, t_max, l_max]), &self.device);
 
         for (li, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(layer, li, x, &cos, &sin, &mask, caches, &lens, &past, l_max);
@@ -334,12 +479,22 @@ impl<B: Backend> Stage<B> {
         let x = if all_logits {
             x.reshape([b * t_max, h])
         } else {
-            let last: Vec<i64> = lens.iter().enumerate().map(|(i, l)| (i * t_max + l - 1) as i64).collect();
+            let last: Vec<i64> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i * t_max + l - 1) as i64)
+                .collect();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [b]), &self.device);
             x.reshape([b * t_max, h]).select(0, idx)
         };
-        let x = rms_norm(x, self.norm.as_ref().expect("last stage has a norm"), self.cfg.rms_norm_eps);
-        Ok(StageOut::Logits(x.matmul(self.lm_head_t.clone().expect("last stage has a head"))))
+        let x = rms_norm(
+            x,
+            self.norm.as_ref().expect("last stage has a norm"),
+            self.cfg.rms_norm_eps,
+        );
+        Ok(StageOut::Logits(x.matmul(
+            self.lm_head_t.clone().expect("last stage has a head"),
+        )))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -388,7 +543,10 @@ impl<B: Backend> Stage<B> {
             let pad = l_max - len;
             let (kp, vp) = if pad > 0 {
                 let z = Tensor::<B, 4>::zeros([1, nkv, pad, hd], &self.device);
-                (Tensor::cat(vec![kc.clone(), z.clone()], 2), Tensor::cat(vec![vc.clone(), z], 2))
+                (
+                    Tensor::cat(vec![kc.clone(), z.clone()], 2),
+                    Tensor::cat(vec![vc.clone(), z], 2),
+                )
             } else {
                 (kc.clone(), vc.clone())
             };
@@ -396,8 +554,16 @@ impl<B: Backend> Stage<B> {
             ks.push(kp);
             vs.push(vp);
         }
-        let kb = if b == 1 { ks.pop().expect("one") } else { Tensor::cat(ks, 0) };
-        let vb = if b == 1 { vs.pop().expect("one") } else { Tensor::cat(vs, 0) };
+        let kb = if b == 1 {
+            ks.pop().expect("one")
+        } else {
+            Tensor::cat(ks, 0)
+        };
+        let vb = if b == 1 {
+            vs.pop().expect("one")
+        } else {
+            Tensor::cat(vs, 0)
+        };
         let rep = nh / nkv;
         let kb = repeat_kv(kb, rep);
         let vb = repeat_kv(vb, rep);
@@ -407,7 +573,9 @@ impl<B: Backend> Stage<B> {
         let x = residual + layer.o_proj.forward(attn);
         let residual = x.clone();
         let xn = rms_norm(x, &layer.post_attention_layernorm, eps);
-        let mlp = layer.down_proj.forward(silu(layer.gate_proj.forward(xn.clone())) * layer.up_proj.forward(xn));
+        let mlp = layer
+            .down_proj
+            .forward(silu(layer.gate_proj.forward(xn.clone())) * layer.up_proj.forward(xn));
         residual + mlp
     }
 }
@@ -418,7 +586,9 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, nkv, l, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, l, hd]).reshape([b, nkv * rep, l, hd])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, rep, l, hd])
+        .reshape([b, nkv * rep, l, hd])
 }
 
 /// transformers' `q * cos + rotate_half(q) * sin`.
@@ -437,7 +607,9 @@ fn rope_tables<B: Backend>(cfg: &ModelConfig, dev: &B::Device) -> (Tensor<B, 2>,
     let hd = cfg.head_dim;
     let n = cfg.max_position_embeddings;
     let half = hd / 2;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+        .collect();
     let mut cos = Vec::with_capacity(n * hd);
     let mut sin = Vec::with_capacity(n * hd);
     for p in 0..n {

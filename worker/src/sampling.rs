@@ -26,13 +26,21 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// log-softmax in f64 for stability.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&x| (x as f64 - lse) as f32).collect()
 }
 
 impl Sampler {
     pub fn new(params: &GenerationParams) -> Self {
-        Self { params: params.clone(), rng: StdRng::seed_from_u64(params.seed) }
+        Self {
+            params: params.clone(),
+            rng: StdRng::seed_from_u64(params.seed),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -48,7 +56,10 @@ impl Sampler {
                 return id;
             }
         }
-        probs.last().map(|&(id, _)| id).unwrap_or_else(|| argmax(logits))
+        probs
+            .last()
+            .map(|&(id, _)| id)
+            .unwrap_or_else(|| argmax(logits))
     }
 }
 
@@ -56,7 +67,11 @@ impl Sampler {
 /// sorted by decreasing probability.
 pub fn filtered_probs(logits: &[f32], p: &GenerationParams) -> Vec<(u32, f64)> {
     let t = p.temperature.max(1e-6) as f64;
-    let mut c: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x as f64 / t)).collect();
+    let mut c: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i as u32, x as f64 / t))
+        .collect();
     c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if p.top_k > 0 && p.top_k < c.len() {
         c.truncate(p.top_k);
@@ -98,28 +113,51 @@ mod tests {
     fn top_p_keeps_the_smallest_nucleus() {
         // probabilities 0.5, 0.3, 0.2 at temperature 1
         let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
-        let p = GenerationParams { temperature: 1.0, top_p: 0.75, ..Default::default() };
+        let p = GenerationParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            ..Default::default()
+        };
         let f = filtered_probs(&logits, &p);
         assert_eq!(f.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((f[0].1 - 0.625).abs() < 1e-6);
-        let p = GenerationParams { temperature: 1.0, top_p: 0.9, top_k: 1, ..Default::default() };
+        let p = GenerationParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 1,
+            ..Default::default()
+        };
         assert_eq!(filtered_probs(&logits, &p).len(), 1);
     }
 
     #[test]
     fn sampling_with_a_seed_is_reproducible_and_follows_the_distribution() {
         let logits = [1.0f32, 1.0, 1.0, 1.0];
-        let p = GenerationParams { temperature: 1.0, top_p: 1.0, seed: 7, ..Default::default() };
+        let p = GenerationParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |p: &GenerationParams| {
             let mut s = Sampler::new(p);
             (0..2000).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         let a = draw(&p);
         assert_eq!(a, draw(&p));
-        assert_ne!(a, draw(&GenerationParams { seed: 8, ..p.clone() }));
+        assert_ne!(
+            a,
+            draw(&GenerationParams {
+                seed: 8,
+                ..p.clone()
+            })
+        );
         for id in 0..4 {
             let n = a.iter().filter(|&&x| x == id).count();
-            assert!((400..600).contains(&n), "token {id} drawn {n} times of 2000");
+            assert!(
+                (400..600).contains(&n),
+                "token {id} drawn {n} times of 2000"
+            );
         }
     }
 

@@ -21,15 +21,27 @@ pub enum HostStageInput {
     /// One chunk of new token ids per sequence.
     Tokens(Vec<Vec<u32>>),
     /// Hidden states `[batch, t_max, hidden]` (row-major) and each sequence's chunk length.
-    Hidden { data: Vec<f32>, lens: Vec<usize>, t_max: usize },
+    Hidden {
+        data: Vec<f32>,
+        lens: Vec<usize>,
+        t_max: usize,
+    },
 }
 
 /// What a stage produces, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostStageOutput {
-    Hidden { data: Vec<f32>, lens: Vec<usize>, t_max: usize },
+    Hidden {
+        data: Vec<f32>,
+        lens: Vec<usize>,
+        t_max: usize,
+    },
     /// `rows x vocab` logits: one row per sequence, or per (sequence, position) when all positions were asked for.
-    Logits { data: Vec<f32>, rows: usize, vocab: usize },
+    Logits {
+        data: Vec<f32>,
+        rows: usize,
+        vocab: usize,
+    },
 }
 
 /// The KV cache of one sequence in one stage.
@@ -50,7 +62,12 @@ impl SeqCache {
 
 trait Runner: Send + Sync {
     fn new_cache(&self) -> SeqCache;
-    fn forward(&self, input: HostStageInput, caches: &mut [&mut SeqCache], all_logits: bool) -> Result<HostStageOutput>;
+    fn forward(
+        &self,
+        input: HostStageInput,
+        caches: &mut [&mut SeqCache],
+        all_logits: bool,
+    ) -> Result<HostStageOutput>;
 }
 
 struct BurnRunner<B: Backend> {
@@ -58,7 +75,10 @@ struct BurnRunner<B: Backend> {
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| EngineError::Compute(format!("{e:?}")))
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| EngineError::Compute(format!("{e:?}")))
 }
 
 impl<B: Backend> Runner for BurnRunner<B>
@@ -67,10 +87,18 @@ where
     StageCache<B>: Send,
 {
     fn new_cache(&self) -> SeqCache {
-        SeqCache { inner: Box::new(self.stage.new_cache()), len: 0 }
+        SeqCache {
+            inner: Box::new(self.stage.new_cache()),
+            len: 0,
+        }
     }
 
-    fn forward(&self, input: HostStageInput, caches: &mut [&mut SeqCache], all_logits: bool) -> Result<HostStageOutput> {
+    fn forward(
+        &self,
+        input: HostStageInput,
+        caches: &mut [&mut SeqCache],
+        all_logits: bool,
+    ) -> Result<HostStageOutput> {
         let dev = self.stage.device().clone();
         let input = match input {
             HostStageInput::Tokens(t) => StageIn::Tokens(t),
@@ -83,28 +111,43 @@ where
                         lens.len()
                     )));
                 }
-                let x = Tensor::<B, 3>::from_data(TensorData::new(data, [lens.len(), t_max, h]), &dev);
+                let x =
+                    Tensor::<B, 3>::from_data(TensorData::new(data, [lens.len(), t_max, h]), &dev);
                 StageIn::Hidden(x, lens)
             }
         };
         let mut typed: Vec<&mut StageCache<B>> = Vec::with_capacity(caches.len());
         for c in caches.iter_mut() {
             typed.push(
-                c.inner.downcast_mut::<StageCache<B>>().ok_or_else(|| EngineError::StageInput("cache of another stage".into()))?,
+                c.inner
+                    .downcast_mut::<StageCache<B>>()
+                    .ok_or_else(|| EngineError::StageInput("cache of another stage".into()))?,
             );
         }
         let out = self.stage.forward(input, &mut typed, all_logits)?;
         for c in caches.iter_mut() {
-            c.len = c.inner.downcast_ref::<StageCache<B>>().expect("checked above").len();
+            c.len = c
+                .inner
+                .downcast_ref::<StageCache<B>>()
+                .expect("checked above")
+                .len();
         }
         Ok(match out {
             StageOut::Hidden(x, lens) => {
                 let t_max = x.dims()[1];
-                HostStageOutput::Hidden { data: to_vec(x)?, lens, t_max }
+                HostStageOutput::Hidden {
+                    data: to_vec(x)?,
+                    lens,
+                    t_max,
+                }
             }
             StageOut::Logits(l) => {
                 let [rows, vocab] = l.dims();
-                HostStageOutput::Logits { data: to_vec(l)?, rows, vocab }
+                HostStageOutput::Logits {
+                    data: to_vec(l)?,
+                    rows,
+                    vocab,
+                }
             }
         })
     }
@@ -130,20 +173,47 @@ impl LoadedStage {
         let runner: Box<dyn Runner> = match (device, dtype) {
             (DeviceSpec::Cpu, ComputeDtype::F32) => {
                 let dev = burn::backend::ndarray::NdArrayDevice::Cpu;
-                Box::new(BurnRunner { stage: Stage::<burn::backend::NdArray<f32>>::load(cfg, weights, range.clone(), quant, &dev)? })
+                Box::new(BurnRunner {
+                    stage: Stage::<burn::backend::NdArray<f32>>::load(
+                        cfg,
+                        weights,
+                        range.clone(),
+                        quant,
+                        &dev,
+                    )?,
+                })
             }
             (DeviceSpec::Cpu, ComputeDtype::Bf16) => {
-                return Err(EngineError::Device("cpu".into(), "the CPU backend computes in f32; use --dtype f32".into()))
+                return Err(EngineError::Device(
+                    "cpu".into(),
+                    "the CPU backend computes in f32; use --dtype f32".into(),
+                ))
             }
             #[cfg(feature = "cuda")]
             (DeviceSpec::Cuda(i), ComputeDtype::F32) => {
                 let dev = burn::backend::cuda::CudaDevice::new(*i);
-                Box::new(BurnRunner { stage: Stage::<burn::backend::Cuda<f32, i32>>::load(cfg, weights, range.clone(), quant, &dev)? })
+                Box::new(BurnRunner {
+                    stage: Stage::<burn::backend::Cuda<f32, i32>>::load(
+                        cfg,
+                        weights,
+                        range.clone(),
+                        quant,
+                        &dev,
+                    )?,
+                })
             }
             #[cfg(feature = "cuda")]
             (DeviceSpec::Cuda(i), ComputeDtype::Bf16) => {
                 let dev = burn::backend::cuda::CudaDevice::new(*i);
-                Box::new(BurnRunner { stage: Stage::<burn::backend::Cuda<half::bf16, i32>>::load(cfg, weights, range.clone(), quant, &dev)? })
+                Box::new(BurnRunner {
+                    stage: Stage::<burn::backend::Cuda<half::bf16, i32>>::load(
+                        cfg,
+                        weights,
+                        range.clone(),
+                        quant,
+                        &dev,
+                    )?,
+                })
             }
             #[cfg(not(feature = "cuda"))]
             (DeviceSpec::Cuda(i), _) => {
@@ -153,11 +223,21 @@ impl LoadedStage {
                 ))
             }
         };
-        Ok(Self { runner, cfg: cfg.clone(), range })
+        Ok(Self {
+            runner,
+            cfg: cfg.clone(),
+            range,
+        })
     }
 
     /// Convenience: open the folder's weights and load `range`.
-    pub fn load_folder(folder: &Path, range: Range<usize>, device: &DeviceSpec, dtype: ComputeDtype, quant: Quantization) -> Result<Self> {
+    pub fn load_folder(
+        folder: &Path,
+        range: Range<usize>,
+        device: &DeviceSpec,
+        dtype: ComputeDtype,
+        quant: Quantization,
+    ) -> Result<Self> {
         let cfg = ModelConfig::from_folder(folder)?;
         let weights = WeightFiles::open(folder)?;
         Self::load(&cfg, &weights, range, device, dtype, quant)
@@ -180,7 +260,12 @@ impl LoadedStage {
     }
 
     /// One forward step over a batch; appends to every sequence's cache.
-    pub fn forward(&self, input: HostStageInput, caches: &mut [&mut SeqCache], all_logits: bool) -> Result<HostStageOutput> {
+    pub fn forward(
+        &self,
+        input: HostStageInput,
+        caches: &mut [&mut SeqCache],
+        all_logits: bool,
+    ) -> Result<HostStageOutput> {
         self.runner.forward(input, caches, all_logits)
     }
 }

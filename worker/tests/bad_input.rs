@@ -6,7 +6,9 @@ use ibench_shared::GenerationParams;
 use ibench_worker::{Engine, EngineError, GenerateRequest, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn copy_fixture(name: &str) -> tempfile::TempDir {
@@ -30,11 +32,17 @@ fn truncated_shard_is_named() {
     let d = copy_fixture("tiny-qwen2");
     let shard = d.path().join("model-00002-of-00004.safetensors");
     let len = std::fs::metadata(&shard).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
     f.set_len(len / 2).unwrap();
     let e = load_err(d.path());
     assert!(matches!(e, EngineError::CorruptShard { .. }), "{e:?}");
-    assert!(e.to_string().contains("model-00002-of-00004.safetensors"), "{e}");
+    assert!(
+        e.to_string().contains("model-00002-of-00004.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -42,14 +50,19 @@ fn missing_shard_named_in_the_index() {
     let d = copy_fixture("tiny-qwen3");
     std::fs::remove_file(d.path().join("model-00003-of-00003.safetensors")).unwrap();
     let e = load_err(d.path()).to_string();
-    assert!(e.contains("model-00003-of-00003.safetensors") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model-00003-of-00003.safetensors") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
 fn config_that_does_not_match_the_weights() {
     let d = copy_fixture("tiny-llama");
     let p = d.path().join("config.json");
-    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 128");
+    let cfg = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 128");
     std::fs::write(&p, cfg).unwrap();
     let e = load_err(d.path());
     assert!(matches!(e, EngineError::ShapeMismatch { .. }), "{e:?}");
@@ -60,17 +73,25 @@ fn config_that_does_not_match_the_weights() {
 fn unknown_architecture() {
     let d = copy_fixture("tiny-llama");
     let p = d.path().join("config.json");
-    let cfg = std::fs::read_to_string(&p).unwrap().replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
+    let cfg = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
     std::fs::write(&p, cfg).unwrap();
     let e = load_err(d.path()).to_string();
-    assert!(e.contains("GPTNeoXForCausalLM") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("GPTNeoXForCausalLM") && e.contains("config.json"),
+        "{e}"
+    );
 }
 
 #[test]
 fn untied_config_without_lm_head() {
     let d = copy_fixture("tiny-llama");
     let p = d.path().join("config.json");
-    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
+    let cfg = std::fs::read_to_string(&p).unwrap().replace(
+        "\"tie_word_embeddings\": true",
+        "\"tie_word_embeddings\": false",
+    );
     std::fs::write(&p, cfg).unwrap();
     let e = load_err(d.path()).to_string();
     assert!(e.contains("lm_head.weight"), "{e}");
@@ -88,14 +109,45 @@ fn missing_folder_and_missing_tokenizer() {
 #[test]
 fn prompt_longer_than_the_context() {
     let engine = Engine::load(&fixture("tiny-qwen3"), &LoadOptions::default()).unwrap();
-    let ok = GenerateRequest { prompt_ids: vec![1, 2, 3], params: GenerationParams { max_new_tokens: 2, ..Default::default() } };
-    let long = GenerateRequest { prompt_ids: vec![5; 80], params: ok.params.clone() };
+    let ok = GenerateRequest {
+        prompt_ids: vec![1, 2, 3],
+        params: GenerationParams {
+            max_new_tokens: 2,
+            ..Default::default()
+        },
+    };
+    let long = GenerateRequest {
+        prompt_ids: vec![5; 80],
+        params: ok.params.clone(),
+    };
     let e = engine.generate(&[ok.clone(), long]).unwrap_err();
-    assert!(matches!(e, EngineError::PromptTooLong { index: 1, prompt_tokens: 80, context: 64 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            EngineError::PromptTooLong {
+                index: 1,
+                prompt_tokens: 80,
+                context: 64
+            }
+        ),
+        "{e:?}"
+    );
     // Generation stops at the context instead of overrunning it.
-    let near = GenerateRequest { prompt_ids: vec![5; 60], params: GenerationParams { max_new_tokens: 50, ..Default::default() } };
+    let near = GenerateRequest {
+        prompt_ids: vec![5; 60],
+        params: GenerationParams {
+            max_new_tokens: 50,
+            ..Default::default()
+        },
+    };
     let out = engine.generate(&[near]).unwrap();
     assert!(out[0].token_ids.len() <= 4, "{:?}", out[0]);
-    let bad = GenerateRequest { prompt_ids: vec![100_000], params: ok.params };
-    assert!(matches!(engine.generate(&[bad]).unwrap_err(), EngineError::TokenOutOfRange { .. }));
+    let bad = GenerateRequest {
+        prompt_ids: vec![100_000],
+        params: ok.params,
+    };
+    assert!(matches!(
+        engine.generate(&[bad]).unwrap_err(),
+        EngineError::TokenOutOfRange { .. }
+    ));
 }

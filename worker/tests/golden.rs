@@ -20,15 +20,22 @@ fn logit_tol() -> f32 {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn golden(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("golden.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("golden.json")).unwrap())
+        .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn options() -> LoadOptions {
@@ -41,7 +48,10 @@ fn options() -> LoadOptions {
 }
 
 fn greedy(n: usize) -> GenerationParams {
-    GenerationParams { max_new_tokens: n, ..Default::default() }
+    GenerationParams {
+        max_new_tokens: n,
+        ..Default::default()
+    }
 }
 
 fn check_logits(name: &str) {
@@ -59,7 +69,10 @@ fn check_logits(name: &str) {
             }
         }
         let tol = logit_tol();
-        assert!(worst < tol, "{name}: max |logit diff| {worst} over {tol} for prompt {prompt:?}");
+        assert!(
+            worst < tol,
+            "{name}: max |logit diff| {worst} over {tol} for prompt {prompt:?}"
+        );
     }
 }
 
@@ -69,10 +82,25 @@ fn check_greedy(name: &str) {
     for p in g["prompts"].as_array().unwrap() {
         let prompt = ids(&p["ids"]);
         let want = ids(&p["greedy"]);
-        let out = engine.generate(&[GenerateRequest { prompt_ids: prompt.clone(), params: greedy(24) }]).unwrap();
-        assert_eq!(out[0].token_ids, want, "{name}: greedy tokens differ from transformers for {prompt:?}");
+        let out = engine
+            .generate(&[GenerateRequest {
+                prompt_ids: prompt.clone(),
+                params: greedy(24),
+            }])
+            .unwrap();
+        assert_eq!(
+            out[0].token_ids, want,
+            "{name}: greedy tokens differ from transformers for {prompt:?}"
+        );
         let eos = engine.config().eos_token_ids.contains(want.last().unwrap());
-        assert_eq!(out[0].finish_reason, if eos { FinishReason::Eos } else { FinishReason::Length });
+        assert_eq!(
+            out[0].finish_reason,
+            if eos {
+                FinishReason::Eos
+            } else {
+                FinishReason::Length
+            }
+        );
         assert_eq!(out[0].prompt_token_ids, prompt);
     }
 }
@@ -83,10 +111,21 @@ fn check_chat_template(name: &str) {
     for c in g["chats"].as_array().unwrap() {
         let msgs: Vec<ChatMessage> = serde_json::from_value(c["messages"].clone()).unwrap();
         let agp = c["add_generation_prompt"].as_bool().unwrap();
-        let thinking = c.get("enable_thinking").and_then(|v| v.as_bool()).unwrap_or(true);
+        let thinking = c
+            .get("enable_thinking")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
         let text = engine.tokenizer().render(&msgs, agp, thinking).unwrap();
-        assert_eq!(text, c["text"].as_str().unwrap(), "{name}: chat template render differs");
-        assert_eq!(engine.encode_chat(&msgs, agp, thinking).unwrap(), ids(&c["ids"]), "{name}: chat ids differ");
+        assert_eq!(
+            text,
+            c["text"].as_str().unwrap(),
+            "{name}: chat template render differs"
+        );
+        assert_eq!(
+            engine.encode_chat(&msgs, agp, thinking).unwrap(),
+            ids(&c["ids"]),
+            "{name}: chat ids differ"
+        );
     }
 }
 
@@ -128,7 +167,10 @@ fn batched_generation_equals_one_at_a_time() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| GenerateRequest { prompt_ids: ids(&p["ids"]), params: greedy(24) })
+            .map(|p| GenerateRequest {
+                prompt_ids: ids(&p["ids"]),
+                params: greedy(24),
+            })
             .collect();
         let together = engine.generate(&reqs).unwrap();
         for (r, t) in reqs.iter().zip(&together) {
@@ -139,7 +181,11 @@ fn batched_generation_equals_one_at_a_time() {
         let mut o = options();
         o.max_batch = 2;
         let small = Engine::load(&fixture(name), &o).unwrap();
-        assert_eq!(small.generate(&reqs).unwrap(), together, "{name}: max_batch 2");
+        assert_eq!(
+            small.generate(&reqs).unwrap(),
+            together,
+            "{name}: max_batch 2"
+        );
     }
 }
 
@@ -148,7 +194,12 @@ fn cached_decode_equals_full_recompute() {
     for name in ["tiny-llama", "tiny-qwen3"] {
         let engine = Engine::load(&fixture(name), &options()).unwrap();
         let prompt = ids(&golden(name)["prompts"][1]["ids"]);
-        let cached = engine.generate(&[GenerateRequest { prompt_ids: prompt.clone(), params: greedy(16) }]).unwrap();
+        let cached = engine
+            .generate(&[GenerateRequest {
+                prompt_ids: prompt.clone(),
+                params: greedy(16),
+            }])
+            .unwrap();
         let mut seq = prompt.clone();
         let mut recomputed = Vec::new();
         for _ in 0..cached[0].token_ids.len() {
@@ -173,28 +224,65 @@ fn three_stages_give_the_tokens_of_one() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| GenerateRequest { prompt_ids: ids(&p["ids"]), params: greedy(20) })
+            .map(|p| GenerateRequest {
+                prompt_ids: ids(&p["ids"]),
+                params: greedy(20),
+            })
             .collect();
-        assert_eq!(one.generate(&reqs).unwrap(), three.generate(&reqs).unwrap(), "{name}");
+        assert_eq!(
+            one.generate(&reqs).unwrap(),
+            three.generate(&reqs).unwrap(),
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn sampling_is_seeded_and_stop_strings_cut() {
     let engine = Engine::load(&fixture("tiny-qwen3"), &options()).unwrap();
-    let prompt = engine.encode_chat(&[ChatMessage::new(Role::User, "hello")], true, false).unwrap();
-    let p = GenerationParams { temperature: 0.8, top_p: 0.9, top_k: 50, seed: 42, max_new_tokens: 12, ..Default::default() };
-    let a = engine.generate(&[GenerateRequest { prompt_ids: prompt.clone(), params: p.clone() }]).unwrap();
-    let b = engine.generate(&[GenerateRequest { prompt_ids: prompt.clone(), params: p.clone() }]).unwrap();
+    let prompt = engine
+        .encode_chat(&[ChatMessage::new(Role::User, "hello")], true, false)
+        .unwrap();
+    let p = GenerationParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        top_k: 50,
+        seed: 42,
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let a = engine
+        .generate(&[GenerateRequest {
+            prompt_ids: prompt.clone(),
+            params: p.clone(),
+        }])
+        .unwrap();
+    let b = engine
+        .generate(&[GenerateRequest {
+            prompt_ids: prompt.clone(),
+            params: p.clone(),
+        }])
+        .unwrap();
     assert_eq!(a, b, "same seed, same tokens");
     // A stop string taken from the greedy text itself must cut the text right before it.
-    let g = engine.generate(&[GenerateRequest { prompt_ids: prompt.clone(), params: greedy(24) }]).unwrap();
+    let g = engine
+        .generate(&[GenerateRequest {
+            prompt_ids: prompt.clone(),
+            params: greedy(24),
+        }])
+        .unwrap();
     let text = g[0].text.clone();
     let chars: Vec<char> = text.chars().collect();
     if chars.len() >= 4 {
         let stop: String = chars[2..4].iter().collect();
         let s = engine
-            .generate(&[GenerateRequest { prompt_ids: prompt, params: GenerationParams { stop: vec![stop.clone()], ..greedy(24) } }])
+            .generate(&[GenerateRequest {
+                prompt_ids: prompt,
+                params: GenerationParams {
+                    stop: vec![stop.clone()],
+                    ..greedy(24)
+                },
+            }])
             .unwrap();
         assert_eq!(s[0].finish_reason, FinishReason::Stop);
         assert_eq!(s[0].text, text[..text.find(&stop).unwrap()]);
@@ -226,6 +314,9 @@ fn quantized_weights_stay_close_to_full_precision() {
         let q4 = worst(ibench_shared::Quantization::Int4);
         // 16 levels per block of 32 random weights: ~10% weight error, compounding over 3 layers
         // (3.5 measured on the H200).
-        assert!(q4 > q8 && q4 < 6.0, "4-bit max |logit diff| {q4} (8-bit {q8})");
+        assert!(
+            q4 > q8 && q4 < 6.0,
+            "4-bit max |logit diff| {q4} (8-bit {q8})"
+        );
     }
 }

@@ -21,37 +21,72 @@ fn folder(name: &str) -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("IBENCH_SKIP_REAL_MODELS").is_ok_and(|v| v == "1") {
-        eprintln!("skipping: {} is missing (IBENCH_SKIP_REAL_MODELS=1)", dir.display());
+        eprintln!(
+            "skipping: {} is missing (IBENCH_SKIP_REAL_MODELS=1)",
+            dir.display()
+        );
         return None;
     }
-    panic!("{} is missing: run `ibench fetch-model {name}` (or IBENCH_SKIP_REAL_MODELS=1 to skip)", dir.display());
+    panic!(
+        "{} is missing: run `ibench fetch-model {name}` (or IBENCH_SKIP_REAL_MODELS=1 to skip)",
+        dir.display()
+    );
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// `tokens`: how many of the 40 recorded tokens to compare (the 0.5B model is slow on 2 CPU cores).
 fn check(name: &str, tokens: usize) {
     let Some(dir) = folder(name) else { return };
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/real_parity.json");
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/real_parity.json");
     let all: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let case = &all["models"][name];
     let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
     let engine = Engine::load(&dir, &LoadOptions::default()).unwrap();
     let text = engine.tokenizer().render(&messages, true, true).unwrap();
-    assert_eq!(text, case["text"].as_str().unwrap(), "{name}: chat template render differs from transformers'");
+    assert_eq!(
+        text,
+        case["text"].as_str().unwrap(),
+        "{name}: chat template render differs from transformers'"
+    );
     let prompt = engine.encode_chat(&messages, true, true).unwrap();
-    assert_eq!(prompt, ids(&case["prompt_ids"]), "{name}: prompt ids differ from transformers'");
+    assert_eq!(
+        prompt,
+        ids(&case["prompt_ids"]),
+        "{name}: prompt ids differ from transformers'"
+    );
     let all_ids = ids(&case["greedy"]);
     let want = all_ids[..tokens.min(all_ids.len())].to_vec();
     let out = engine
-        .generate(&[GenerateRequest { prompt_ids: prompt, params: GenerationParams { max_new_tokens: want.len(), ..Default::default() } }])
+        .generate(&[GenerateRequest {
+            prompt_ids: prompt,
+            params: GenerationParams {
+                max_new_tokens: want.len(),
+                ..Default::default()
+            },
+        }])
         .unwrap();
-    assert!(want.len() >= 30 || out[0].finish_reason == FinishReason::Eos, "{name}: reference too short");
-    assert_eq!(out[0].token_ids, want, "{name}: greedy tokens differ from transformers'");
+    assert!(
+        want.len() >= 30 || out[0].finish_reason == FinishReason::Eos,
+        "{name}: reference too short"
+    );
+    assert_eq!(
+        out[0].token_ids, want,
+        "{name}: greedy tokens differ from transformers'"
+    );
     if want.len() == all_ids.len() {
-        assert_eq!(out[0].text, case["reply"].as_str().unwrap(), "{name}: decoded reply differs");
+        assert_eq!(
+            out[0].text,
+            case["reply"].as_str().unwrap(),
+            "{name}: decoded reply differs"
+        );
     }
 }
 

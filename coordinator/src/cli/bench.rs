@@ -33,7 +33,8 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> anyhow::Result<()> {
     let spec = g.load_registry()?.resolve(&a.model)?;
     let opts = a.device.load_options(&spec)?;
     let t = Instant::now();
-    let engine = Engine::load(&spec.path, &opts).with_context(|| format!("loading {}", spec.path.display()))?;
+    let engine = Engine::load(&spec.path, &opts)
+        .with_context(|| format!("loading {}", spec.path.display()))?;
     let load_seconds = t.elapsed().as_secs_f64();
     let mut rows = Vec::new();
     for &b in &a.batch_sizes {
@@ -41,7 +42,12 @@ pub fn run(g: &GlobalArgs, a: BenchArgs) -> anyhow::Result<()> {
             engine.time_generation(b, a.prompt_tokens, a.new_tokens.min(8))?;
         }
         let m = engine.time_generation(b, a.prompt_tokens, a.new_tokens)?;
-        tracing::info!(batch = b, prefill_tps = m.prefill_tokens_per_second(), decode_tps = m.decode_tokens_per_second(), "measured");
+        tracing::info!(
+            batch = b,
+            prefill_tps = m.prefill_tokens_per_second(),
+            decode_tps = m.decode_tokens_per_second(),
+            "measured"
+        );
         rows.push(serde_json::json!({
             "batch": b, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
             "prefill_seconds": m.prefill_seconds, "prefill_tokens_per_second": m.prefill_tokens_per_second(),

@@ -8,7 +8,9 @@ use ibench_shared::GenerationParams;
 use serde::{Deserialize, Serialize};
 
 use super::GlobalArgs;
-use crate::eval::backend::{ApiKey, ChatBackend, LocalBackend, OpenAiBackend, RetryPolicy, DASHSCOPE_BASE};
+use crate::eval::backend::{
+    ApiKey, ChatBackend, LocalBackend, OpenAiBackend, RetryPolicy, DASHSCOPE_BASE,
+};
 use crate::eval::calls::Calls;
 use crate::eval::pool::{InProcessPool, ModelPool};
 use crate::eval::report;
@@ -138,18 +140,31 @@ fn settings(a: &CompareArgs) -> anyhow::Result<RunFile> {
             source: a.scenarios.clone(),
             selection: Selection {
                 ids: a.scenario_ids.clone(),
-                language: a.language.as_deref().map(|l| if l == "zh" { Language::Zh } else { Language::En }),
-                domain: a
-                    .domain
-                    .as_deref()
-                    .map(|d| if d == "medical" { Domain::Medical } else { Domain::Psychological }),
+                language: a.language.as_deref().map(|l| {
+                    if l == "zh" {
+                        Language::Zh
+                    } else {
+                        Language::En
+                    }
+                }),
+                domain: a.domain.as_deref().map(|d| {
+                    if d == "medical" {
+                        Domain::Medical
+                    } else {
+                        Domain::Psychological
+                    }
+                }),
                 limit: a.limit,
             },
         }
     } else {
         ScenarioSource::Prompts(a.prompts.clone())
     };
-    let default_role = if a.api_key.is_some() { DEFAULT_API_MODEL } else { DEFAULT_LOCAL };
+    let default_role = if a.api_key.is_some() {
+        DEFAULT_API_MODEL
+    } else {
+        DEFAULT_LOCAL
+    };
     let mut config = EvalConfig {
         models: a.models.clone(),
         scenarios,
@@ -209,23 +224,34 @@ fn backend(
 ) -> anyhow::Result<Arc<dyn ChatBackend>> {
     if let Some(model) = spec.strip_prefix("local:") {
         let b = LocalBackend::new(pool.clone(), model).map_err(|e| {
-            anyhow::anyhow!("{role} {spec}: {e}. Fetch it with `ibench fetch-model {model}` or give an API key")
+            anyhow::anyhow!(
+                "{role} {spec}: {e}. Fetch it with `ibench fetch-model {model}` or give an API key"
+            )
         })?;
         return Ok(Arc::new(b));
     }
     if key.is_none() && run.api_base.trim_end_matches('/') == DASHSCOPE_BASE {
         bail!("the {role} '{spec}' runs on DashScope and needs an API key: give --api-key or set DASHSCOPE_API_KEY, or use --{role} local:MODEL");
     }
-    let b = OpenAiBackend::new(&run.api_base, spec, key.cloned(), run.retry.clone(), run.http_concurrency)
-        .map_err(|e| anyhow::anyhow!("{role}: {e}"))?;
+    let b = OpenAiBackend::new(
+        &run.api_base,
+        spec,
+        key.cloned(),
+        run.retry.clone(),
+        run.http_concurrency,
+    )
+    .map_err(|e| anyhow::anyhow!("{role}: {e}"))?;
     Ok(Arc::new(b))
 }
 
 fn progress() -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    let pb =
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .expect("valid template"),
     );
     pb
 }
@@ -236,9 +262,15 @@ pub fn run(g: &GlobalArgs, a: CompareArgs) -> anyhow::Result<()> {
             bail!("--resume without --models needs --out DIR (the run directory to continue)")
         };
         let path = dir.join(RUN_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (is {} a run directory?)", path.display(), dir.display()))?;
-        let mut r: RunFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is {} a run directory?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let mut r: RunFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         r.config.out = dir.clone();
         r
     } else {
@@ -266,20 +298,35 @@ pub fn run(g: &GlobalArgs, a: CompareArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", dir.join(RUN_FILE).display()))?;
 
     let device = match &run.device {
-        Some(d) => Some(d.parse().map_err(|e: ibench_worker::EngineError| anyhow::anyhow!("--device: {e}"))?),
+        Some(d) => Some(
+            d.parse()
+                .map_err(|e: ibench_worker::EngineError| anyhow::anyhow!("--device: {e}"))?,
+        ),
         None => None,
     };
     let pool: Arc<dyn ModelPool> = Arc::new(InProcessPool::new(g.load_registry()?, device));
     let key = a.api_key.as_ref();
     let simulator = backend(&run.simulator, &run, key, &pool, "simulator")?;
     let judge = backend(&run.judge, &run, key, &pool, "judge")?;
-    let keep_loaded =
-        [&run.simulator, &run.judge].iter().filter_map(|s| s.strip_prefix("local:")).map(String::from).collect();
-    let env = Env { pool, simulator, judge, keep_loaded, progress: progress() };
+    let keep_loaded = [&run.simulator, &run.judge]
+        .iter()
+        .filter_map(|s| s.strip_prefix("local:"))
+        .map(String::from)
+        .collect();
+    let env = Env {
+        pool,
+        simulator,
+        judge,
+        keep_loaded,
+        progress: progress(),
+    };
     let calls = Calls::new(store.clone());
     tracing::info!(dir = %dir.display(), models = ?run.config.models, simulator = %env.simulator.id(), judge = %env.judge.id(), "compare");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let results = rt.block_on(run::run(&run.config, &calls, &env))?;
     let summary = report::summarise(&run.config, &results);
     report::write_outputs(&dir, &run.config, &results, &summary)?;

@@ -41,10 +41,15 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     pub fn registry_path(&self) -> PathBuf {
-        self.registry.clone().unwrap_or_else(ibench_shared::registry::default_registry_path)
+        self.registry
+            .clone()
+            .unwrap_or_else(ibench_shared::registry::default_registry_path)
     }
     pub fn load_registry(&self) -> anyhow::Result<ibench_shared::Registry> {
-        Ok(ibench_shared::Registry::load(&self.registry_path(), &self.models_root)?)
+        Ok(ibench_shared::Registry::load(
+            &self.registry_path(),
+            &self.models_root,
+        )?)
     }
 }
 

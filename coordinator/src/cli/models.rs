@@ -57,9 +57,16 @@ pub fn run(g: &GlobalArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<44} {:<6} {:<8} {:<6} PATH", "NAME", "QUANT", "DEVICES", "FOUND");
+                println!(
+                    "{:<44} {:<6} {:<8} {:<6} PATH",
+                    "NAME", "QUANT", "DEVICES", "FOUND"
+                );
                 for m in reg.list() {
-                    let found = if m.path.join("config.json").is_file() { "yes" } else { "no" };
+                    let found = if m.path.join("config.json").is_file() {
+                        "yes"
+                    } else {
+                        "no"
+                    };
                     println!(
                         "{:<44} {:<6} {:<8} {:<6} {}{}",
                         m.name,
@@ -67,7 +74,11 @@ pub fn run(g: &GlobalArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
                         m.device_map,
                         found,
                         m.path.display(),
-                        if m.description.is_empty() { String::new() } else { format!("  ({})", m.description) }
+                        if m.description.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  ({})", m.description)
+                        }
                     );
                 }
                 println!("registry file: {}", reg.file().display());

@@ -22,8 +22,17 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     pub fn load_options(&self, spec: &ModelSpec) -> anyhow::Result<LoadOptions> {
         let device: DeviceSpec = self.device.parse()?;
-        let dtype = self.dtype.as_deref().map(str::parse::<ComputeDtype>).transpose()?;
-        Ok(LoadOptions { device, dtype, quantization: spec.quantization, ..Default::default() })
+        let dtype = self
+            .dtype
+            .as_deref()
+            .map(str::parse::<ComputeDtype>)
+            .transpose()?;
+        Ok(LoadOptions {
+            device,
+            dtype,
+            quantization: spec.quantization,
+            ..Default::default()
+        })
     }
 }
 
@@ -113,14 +122,18 @@ fn gib(bytes: u64) -> String {
 pub fn check_model(g: &GlobalArgs, a: CheckModelArgs) -> anyhow::Result<()> {
     let spec = g.load_registry()?.resolve(&a.model)?;
     let opts = a.device.load_options(&spec)?;
-    let engine = Engine::load(&spec.path, &opts).with_context(|| format!("loading model '{}' from {}", spec.name, spec.path.display()))?;
+    let engine = Engine::load(&spec.path, &opts)
+        .with_context(|| format!("loading model '{}' from {}", spec.name, spec.path.display()))?;
     let cfg = engine.config().clone();
     let params = cfg.total_params();
     let prompt = engine.encode_chat(&[ChatMessage::user(a.prompt.clone())], true, false)?;
     let t = Instant::now();
     let out = engine.generate(&[GenerateRequest {
         prompt_ids: prompt,
-        params: GenerationParams { max_new_tokens: a.max_new_tokens, ..Default::default() },
+        params: GenerationParams {
+            max_new_tokens: a.max_new_tokens,
+            ..Default::default()
+        },
     }])?;
     let gen_secs = t.elapsed().as_secs_f64();
     let r = engine.report();
@@ -142,12 +155,40 @@ pub fn check_model(g: &GlobalArgs, a: CheckModelArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("model          {} ({})", spec.name, r.folder.display());
-    println!("architecture   {} ({} layers, hidden {}, {} heads / {} kv heads, context {})", cfg.architecture.hf_name(), cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.max_position_embeddings);
+    println!(
+        "architecture   {} ({} layers, hidden {}, {} heads / {} kv heads, context {})",
+        cfg.architecture.hf_name(),
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.max_position_embeddings
+    );
     println!("parameters     {:.3} B", params as f64 / 1e9);
-    println!("weights        {} in {} shard(s), {} on disk", r.weight_dtype.as_deref().unwrap_or("?"), r.shards.len(), gib(r.bytes_on_disk));
-    println!("memory needed  bf16 {} | 8-bit {} | 4-bit {} (weights; KV cache {} KiB/token at bf16)", gib(need(16.0)), gib(need(8.5)), gib(need(4.5)), cfg.kv_bytes_per_token(2) / 1024);
-    println!("loaded on      {} as {} in {:.2} s", r.device, r.compute_dtype, r.load_seconds);
-    println!("test reply     {:?} ({} tokens, {}, {:.2} s)", reply.text, reply.token_ids.len(), reply.finish_reason.as_str(), gen_secs);
+    println!(
+        "weights        {} in {} shard(s), {} on disk",
+        r.weight_dtype.as_deref().unwrap_or("?"),
+        r.shards.len(),
+        gib(r.bytes_on_disk)
+    );
+    println!(
+        "memory needed  bf16 {} | 8-bit {} | 4-bit {} (weights; KV cache {} KiB/token at bf16)",
+        gib(need(16.0)),
+        gib(need(8.5)),
+        gib(need(4.5)),
+        cfg.kv_bytes_per_token(2) / 1024
+    );
+    println!(
+        "loaded on      {} as {} in {:.2} s",
+        r.device, r.compute_dtype, r.load_seconds
+    );
+    println!(
+        "test reply     {:?} ({} tokens, {}, {:.2} s)",
+        reply.text,
+        reply.token_ids.len(),
+        reply.finish_reason.as_str(),
+        gen_secs
+    );
     println!("OK");
     Ok(())
 }
@@ -156,7 +197,8 @@ pub fn generate(g: &GlobalArgs, a: GenerateArgs) -> anyhow::Result<()> {
     let spec = g.load_registry()?.resolve(&a.model)?;
     let params = a.generation.params()?;
     let opts = a.device.load_options(&spec)?;
-    let engine = Engine::load(&spec.path, &opts).with_context(|| format!("loading model '{}' from {}", spec.name, spec.path.display()))?;
+    let engine = Engine::load(&spec.path, &opts)
+        .with_context(|| format!("loading model '{}' from {}", spec.name, spec.path.display()))?;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage::system(s.clone()));
@@ -164,7 +206,9 @@ pub fn generate(g: &GlobalArgs, a: GenerateArgs) -> anyhow::Result<()> {
     messages.push(ChatMessage::user(a.prompt.clone()));
     let prompt_ids = engine.encode_chat(&messages, true, params.enable_thinking)?;
     let t = Instant::now();
-    let out = engine.generate(&[GenerateRequest { prompt_ids, params }])?.remove(0);
+    let out = engine
+        .generate(&[GenerateRequest { prompt_ids, params }])?
+        .remove(0);
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let v = serde_json::json!({
@@ -175,7 +219,12 @@ pub fn generate(g: &GlobalArgs, a: GenerateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!("{}", out.text);
-        tracing::info!(tokens = out.token_ids.len(), finish = out.finish_reason.as_str(), secs, "generated");
+        tracing::info!(
+            tokens = out.token_ids.len(),
+            finish = out.finish_reason.as_str(),
+            secs,
+            "generated"
+        );
     }
     Ok(())
 }

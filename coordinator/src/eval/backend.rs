@@ -74,8 +74,11 @@ impl SlotsRequest {
             .iter()
             .map(|s| {
                 text.push_str(&s.prefix);
-                let r =
-                    ChoiceRequest { messages: self.messages.clone(), prefix: text.clone(), choices: s.choices.clone() };
+                let r = ChoiceRequest {
+                    messages: self.messages.clone(),
+                    prefix: text.clone(),
+                    choices: s.choices.clone(),
+                };
                 text.push_str(&s.fill);
                 r
             })
@@ -184,7 +187,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { attempts: 5, base_delay_ms: 1000, max_delay_ms: 30_000, timeout_ms: 120_000 }
+        Self {
+            attempts: 5,
+            base_delay_ms: 1000,
+            max_delay_ms: 30_000,
+            timeout_ms: 120_000,
+        }
     }
 }
 
@@ -192,7 +200,9 @@ impl RetryPolicy {
     /// The wait before try `n + 1` after `n` failed tries (n >= 1); `Retry-After` wins when given
     /// and not above the cap.
     pub fn delay(&self, failed: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.base_delay_ms.saturating_mul(1u64 << (failed - 1).min(20));
+        let exp = self
+            .base_delay_ms
+            .saturating_mul(1u64 << (failed - 1).min(20));
         let d = Duration::from_millis(exp.min(self.max_delay_ms));
         match retry_after {
             Some(r) => r.min(Duration::from_millis(self.max_delay_ms)),
@@ -262,15 +272,30 @@ impl OpenAiBackend {
         let text = resp.text().await.map_err(|e| (self.transport(e), None))?;
         if !status.is_success() {
             let body: String = self.redact(&text).chars().take(300).collect();
-            return Err((CallError::Http { status: status.as_u16(), body }, retry_after));
+            return Err((
+                CallError::Http {
+                    status: status.as_u16(),
+                    body,
+                },
+                retry_after,
+            ));
         }
         let v: Value = serde_json::from_str(&text).map_err(|e| {
             let snippet: String = self.redact(&text).chars().take(120).collect();
-            (CallError::Malformed(format!("not JSON ({e}): {snippet}")), None)
+            (
+                CallError::Malformed(format!("not JSON ({e}): {snippet}")),
+                None,
+            )
         })?;
-        match v.pointer("/choices/0/message/content").and_then(Value::as_str) {
+        match v
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+        {
             Some(c) => Ok(c.to_string()),
-            None => Err((CallError::Malformed("no choices[0].message.content".into()), None)),
+            None => Err((
+                CallError::Malformed("no choices[0].message.content".into()),
+                None,
+            )),
         }
     }
 
@@ -284,7 +309,11 @@ impl OpenAiBackend {
     }
 
     async fn call(&self, req: ChatRequest) -> Result<String, CallError> {
-        let _permit = self.limit.acquire().await.map_err(|_| CallError::Transport("client shut down".into()))?;
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| CallError::Transport("client shut down".into()))?;
         let body = json!({
             "model": self.model,
             "messages": req.messages,
@@ -303,7 +332,10 @@ impl OpenAiBackend {
                         return Err(e);
                     }
                     if failed >= self.retry.attempts {
-                        return Err(CallError::Exhausted { attempts: failed, last: Box::new(e) });
+                        return Err(CallError::Exhausted {
+                            attempts: failed,
+                            last: Box::new(e),
+                        });
                     }
                     let wait = self.retry.delay(failed, retry_after);
                     tracing::warn!(backend = %self.id, attempt = failed, error = %e, wait_ms = wait.as_millis() as u64, "call failed; retrying");
@@ -319,13 +351,19 @@ impl ChatBackend for OpenAiBackend {
         &self.id
     }
     fn complete(&self, reqs: Vec<ChatRequest>) -> BoxFuture<'_, Vec<Result<String, CallError>>> {
-        Box::pin(futures_util::future::join_all(reqs.into_iter().map(|r| self.call(r))))
+        Box::pin(futures_util::future::join_all(
+            reqs.into_iter().map(|r| self.call(r)),
+        ))
     }
     fn supports_choices(&self) -> bool {
         false
     }
     fn choose(&self, reqs: Vec<SlotsRequest>) -> BoxFuture<'_, Vec<Result<SlotProbs, CallError>>> {
-        Box::pin(async move { reqs.iter().map(|_| Err(CallError::Unsupported("log-probability choices"))).collect() })
+        Box::pin(async move {
+            reqs.iter()
+                .map(|_| Err(CallError::Unsupported("log-probability choices")))
+                .collect()
+        })
     }
 }
 
@@ -338,8 +376,14 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     pub fn new(pool: Arc<dyn ModelPool>, model: &str) -> Result<Self, CallError> {
-        let identity = pool.identity(model).map_err(|e| CallError::Engine(e.to_string()))?;
-        Ok(Self { pool, model: model.to_string(), id: format!("local:{identity}") })
+        let identity = pool
+            .identity(model)
+            .map_err(|e| CallError::Engine(e.to_string()))?;
+        Ok(Self {
+            pool,
+            model: model.to_string(),
+            id: format!("local:{identity}"),
+        })
     }
     pub fn model(&self) -> &str {
         &self.model
@@ -379,7 +423,12 @@ impl ChatBackend for LocalBackend {
                 .collect();
             let outs = self.pool.generate(&self.model, gens).await;
             debug_assert_eq!(outs.len(), n);
-            outs.into_iter().map(|o| o.map(|o| o.text).map_err(|e| CallError::Engine(e.to_string()))).collect()
+            outs.into_iter()
+                .map(|o| {
+                    o.map(|o| o.text)
+                        .map_err(|e| CallError::Engine(e.to_string()))
+                })
+                .collect()
         })
     }
     fn supports_choices(&self) -> bool {
@@ -389,8 +438,13 @@ impl ChatBackend for LocalBackend {
         Box::pin(async move {
             let n = reqs.len();
             match self.pool.choose_slots(&self.model, reqs).await {
-                Ok(all) => all.iter().map(|slots| Ok(slots.iter().map(|lp| normalise(lp)).collect())).collect(),
-                Err(e) => (0..n).map(|_| Err(CallError::Engine(e.to_string()))).collect(),
+                Ok(all) => all
+                    .iter()
+                    .map(|slots| Ok(slots.iter().map(|lp| normalise(lp)).collect()))
+                    .collect(),
+                Err(e) => (0..n)
+                    .map(|_| Err(CallError::Engine(e.to_string())))
+                    .collect(),
             }
         })
     }
@@ -410,18 +464,38 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_honours_retry_after() {
-        let p = RetryPolicy { attempts: 5, base_delay_ms: 100, max_delay_ms: 1000, timeout_ms: 1 };
+        let p = RetryPolicy {
+            attempts: 5,
+            base_delay_ms: 100,
+            max_delay_ms: 1000,
+            timeout_ms: 1,
+        };
         let ms = |n, ra| p.delay(n, ra).as_millis();
-        assert_eq!((ms(1, None), ms(2, None), ms(3, None), ms(5, None)), (100, 200, 400, 1000));
+        assert_eq!(
+            (ms(1, None), ms(2, None), ms(3, None), ms(5, None)),
+            (100, 200, 400, 1000)
+        );
         assert_eq!(ms(1, Some(Duration::from_millis(300))), 300);
         assert_eq!(ms(1, Some(Duration::from_secs(60))), 1000);
     }
 
     #[test]
     fn retryable_errors() {
-        assert!(CallError::Http { status: 429, body: String::new() }.retryable());
-        assert!(CallError::Http { status: 503, body: String::new() }.retryable());
-        assert!(!CallError::Http { status: 401, body: String::new() }.retryable());
+        assert!(CallError::Http {
+            status: 429,
+            body: String::new()
+        }
+        .retryable());
+        assert!(CallError::Http {
+            status: 503,
+            body: String::new()
+        }
+        .retryable());
+        assert!(!CallError::Http {
+            status: 401,
+            body: String::new()
+        }
+        .retryable());
         assert!(CallError::Timeout(1.0).retryable());
         assert!(!CallError::Unsupported("x").retryable());
     }
@@ -431,12 +505,23 @@ mod tests {
         let r = SlotsRequest {
             messages: vec![ChatMessage::user("q")],
             slots: vec![
-                Slot { prefix: "a:".into(), choices: vec!["1".into()], fill: " 3".into() },
-                Slot { prefix: "\nb:".into(), choices: vec!["2".into()], fill: " 3".into() },
+                Slot {
+                    prefix: "a:".into(),
+                    choices: vec!["1".into()],
+                    fill: " 3".into(),
+                },
+                Slot {
+                    prefix: "\nb:".into(),
+                    choices: vec!["2".into()],
+                    fill: " 3".into(),
+                },
             ],
         };
         let s = r.as_single_choices();
-        assert_eq!((s[0].prefix.as_str(), s[1].prefix.as_str()), ("a:", "a: 3\nb:"));
+        assert_eq!(
+            (s[0].prefix.as_str(), s[1].prefix.as_str()),
+            ("a:", "a: 3\nb:")
+        );
         assert_eq!(s[1].choices, vec!["2"]);
     }
 
@@ -444,6 +529,9 @@ mod tests {
     fn normalise_is_a_softmax() {
         let p = normalise(&[0.0, (2.0f32).ln()]);
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-6 && (p[1] - 2.0 / 3.0).abs() < 1e-6);
-        assert_eq!(normalise(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), vec![0.5, 0.5]);
+        assert_eq!(
+            normalise(&[f32::NEG_INFINITY, f32::NEG_INFINITY]),
+            vec![0.5, 0.5]
+        );
     }
 }

@@ -89,7 +89,11 @@ impl Calls {
     }
 
     pub fn fail(&self, role: Role, what: impl Into<String>, error: impl std::fmt::Display) {
-        let f = Failure { role, what: what.into(), error: error.to_string() };
+        let f = Failure {
+            role,
+            what: what.into(),
+            error: error.to_string(),
+        };
         tracing::warn!(role = role.as_str(), what = %f.what, error = %f.error, "step failed");
         self.failures.lock().expect("failures lock").push(f);
     }
@@ -100,18 +104,41 @@ impl Calls {
 
     pub fn counts(&self, role: Role) -> RoleCounts {
         let t = &self.tallies[idx(role)];
-        let failed = self.failures.lock().expect("failures lock").iter().filter(|f| f.role == role).count() as u64;
-        RoleCounts { issued: t.issued.load(Ordering::Relaxed), replayed: t.replayed.load(Ordering::Relaxed), failed }
+        let failed = self
+            .failures
+            .lock()
+            .expect("failures lock")
+            .iter()
+            .filter(|f| f.role == role)
+            .count() as u64;
+        RoleCounts {
+            issued: t.issued.load(Ordering::Relaxed),
+            replayed: t.replayed.load(Ordering::Relaxed),
+            failed,
+        }
     }
 
     /// Waits until the call `key` that another caller runs now completes (at once if none).
     async fn wait_for(&self, key: &str) {
-        let Some(notify) = self.inflight.lock().expect("inflight lock").get(key).cloned() else { return };
+        let Some(notify) = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(key)
+            .cloned()
+        else {
+            return;
+        };
         let fut = notify.notified();
         tokio::pin!(fut);
         fut.as_mut().enable();
         // The runner may have finished between the lookup and `enable`.
-        let same = self.inflight.lock().expect("inflight lock").get(key).is_some_and(|n| Arc::ptr_eq(n, &notify));
+        let same = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(key)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify));
         if same {
             fut.await;
         }
@@ -134,7 +161,10 @@ impl Calls {
         F: Fn(Vec<R>) -> Fut,
         Fut: std::future::Future<Output = Vec<Result<T, CallError>>>,
     {
-        let values: Vec<Value> = reqs.iter().map(|r| serde_json::to_value(r).expect("requests serialize")).collect();
+        let values: Vec<Value> = reqs
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("requests serialize"))
+            .collect();
         let keys: Vec<String> = values.iter().map(|v| call_key(op, actor, v)).collect();
         let mut out: Vec<Option<Result<T, CallError>>> = vec![None; reqs.len()];
         let mut pending: Vec<usize> = (0..reqs.len()).collect();
@@ -147,7 +177,9 @@ impl Calls {
                     Ok(Some(v)) => {
                         // A replay is a call completed by an earlier run, counted once.
                         if self.seen.lock().expect("seen lock").insert(keys[i].clone()) {
-                            self.tallies[idx(role)].replayed.fetch_add(1, Ordering::Relaxed);
+                            self.tallies[idx(role)]
+                                .replayed
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                         out[i] = Some(Ok(v));
                         continue;
@@ -178,10 +210,13 @@ impl Calls {
                     run(batch).await
                 }
             };
-            let wait_all = futures_util::future::join_all(waiters.iter().map(|&i| self.wait_for(&keys[i])));
+            let wait_all =
+                futures_util::future::join_all(waiters.iter().map(|&i| self.wait_for(&keys[i])));
             let (results, _) = futures_util::future::join(run_leaders, wait_all).await;
             for (&i, res) in leaders.iter().zip(results) {
-                self.tallies[idx(role)].issued.fetch_add(1, Ordering::Relaxed);
+                self.tallies[idx(role)]
+                    .issued
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Ok(v) = &res {
                     self.seen.lock().expect("seen lock").insert(keys[i].clone());
                     if let Err(e) = self.store.put(&keys[i], label, actor, &values[i], v) {
@@ -190,7 +225,12 @@ impl Calls {
                     }
                 }
                 out[i] = Some(res);
-                if let Some(n) = self.inflight.lock().expect("inflight lock").remove(&keys[i]) {
+                if let Some(n) = self
+                    .inflight
+                    .lock()
+                    .expect("inflight lock")
+                    .remove(&keys[i])
+                {
                     n.notify_waiters();
                 }
             }
@@ -200,7 +240,9 @@ impl Calls {
             // Waiters look in the store again; one whose runner failed runs it itself.
             pending = waiters;
         }
-        out.into_iter().map(|o| o.expect("every request answered")).collect()
+        out.into_iter()
+            .map(|o| o.expect("every request answered"))
+            .collect()
     }
 
     /// Chat completions by a simulator or judge backend.
@@ -211,7 +253,10 @@ impl Calls {
         backend: &dyn ChatBackend,
         reqs: Vec<ChatRequest>,
     ) -> Vec<Result<String, CallError>> {
-        self.cached(role, "chat", label, backend.id(), reqs, |m| backend.complete(m)).await
+        self.cached(role, "chat", label, backend.id(), reqs, |m| {
+            backend.complete(m)
+        })
+        .await
     }
 
     pub async fn chat_one(
@@ -221,7 +266,10 @@ impl Calls {
         backend: &dyn ChatBackend,
         req: ChatRequest,
     ) -> Result<String, CallError> {
-        self.chat(role, label, backend, vec![req]).await.pop().expect("one answer")
+        self.chat(role, label, backend, vec![req])
+            .await
+            .pop()
+            .expect("one answer")
     }
 
     /// Log-probability choices by a local simulator or judge.
@@ -232,7 +280,10 @@ impl Calls {
         backend: &dyn ChatBackend,
         reqs: Vec<SlotsRequest>,
     ) -> Vec<Result<SlotProbs, CallError>> {
-        self.cached(role, "choose", label, backend.id(), reqs, |m| backend.choose(m)).await
+        self.cached(role, "choose", label, backend.id(), reqs, |m| {
+            backend.choose(m)
+        })
+        .await
     }
 
     /// Turns of a model under test.
@@ -244,15 +295,31 @@ impl Calls {
     ) -> Vec<Result<GenOutput, CallError>> {
         let actor = match pool.identity(model) {
             Ok(a) => a,
-            Err(e) => return reqs.iter().map(|_| Err(CallError::Engine(e.to_string()))).collect(),
+            Err(e) => {
+                return reqs
+                    .iter()
+                    .map(|_| Err(CallError::Engine(e.to_string())))
+                    .collect()
+            }
         };
-        self.cached(Role::Model, "generate", "model", &actor, reqs, |m| async move {
-            let load_err = |e: PoolError| match e {
-                PoolError::Load { .. } => CallError::Load(e.to_string()),
-                e => CallError::Engine(e.to_string()),
-            };
-            pool.generate(model, m).await.into_iter().map(|r| r.map_err(load_err)).collect()
-        })
+        self.cached(
+            Role::Model,
+            "generate",
+            "model",
+            &actor,
+            reqs,
+            |m| async move {
+                let load_err = |e: PoolError| match e {
+                    PoolError::Load { .. } => CallError::Load(e.to_string()),
+                    e => CallError::Engine(e.to_string()),
+                };
+                pool.generate(model, m)
+                    .await
+                    .into_iter()
+                    .map(|r| r.map_err(load_err))
+                    .collect()
+            },
+        )
         .await
     }
 }

@@ -35,5 +35,8 @@ pub enum EvalError {
     #[error("invalid settings: {0}")]
     Config(String),
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -23,7 +23,9 @@ pub fn extract_json(text: &str) -> Option<Value> {
         let repaired: Vec<char> = repair(&rest).chars().collect();
         if let Some(end) = balanced_end(&repaired, 0) {
             let candidate: String = repaired[..=end].iter().collect();
-            if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&drop_trailing_commas(&candidate)) {
+            if let Ok(v @ Value::Object(_)) =
+                serde_json::from_str::<Value>(&drop_trailing_commas(&candidate))
+            {
                 return Some(v);
             }
         }
@@ -194,10 +196,18 @@ pub fn score_value(v: &Value) -> Option<f64> {
         Value::String(s) => {
             let s = s.trim();
             let start = s.find(|c: char| c.is_ascii_digit())?;
-            let num: String = s[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let num: String = s[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
             num.parse().ok()?
         }
-        Value::Object(o) => return o.get("score").or_else(|| o.get("value")).and_then(score_value),
+        Value::Object(o) => {
+            return o
+                .get("score")
+                .or_else(|| o.get("value"))
+                .and_then(score_value)
+        }
         _ => return None,
     };
     (1.0..=5.0).contains(&x).then_some(x)
@@ -210,15 +220,24 @@ pub fn bool_value(v: &Value) -> Option<bool> {
         Value::Number(n) => n.as_f64().map(|x| x != 0.0),
         Value::String(s) => {
             let s = s.trim().to_lowercase();
-            if ["yes", "true", "y", "是", "有", "caught"].iter().any(|w| s.starts_with(w)) {
+            if ["yes", "true", "y", "是", "有", "caught"]
+                .iter()
+                .any(|w| s.starts_with(w))
+            {
                 Some(true)
-            } else if ["no", "false", "n", "否", "没有", "无", "missed"].iter().any(|w| s.starts_with(w)) {
+            } else if ["no", "false", "n", "否", "没有", "无", "missed"]
+                .iter()
+                .any(|w| s.starts_with(w))
+            {
                 Some(false)
             } else {
                 None
             }
         }
-        Value::Object(o) => o.get("caught").or_else(|| o.get("value")).and_then(bool_value),
+        Value::Object(o) => o
+            .get("caught")
+            .or_else(|| o.get("value"))
+            .and_then(bool_value),
         _ => None,
     }
 }
@@ -235,7 +254,11 @@ pub fn string_list(v: &Value) -> Vec<String> {
             })
             .filter(|s| !s.is_empty())
             .collect(),
-        Value::String(s) => s.split([',', '，', ';']).map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
+        Value::String(s) => s
+            .split([',', '，', ';'])
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -248,9 +271,18 @@ mod tests {
     #[test]
     fn plain_fenced_and_surrounded_json() {
         assert_eq!(extract_json(r#"{"a": 1}"#), Some(json!({"a": 1})));
-        assert_eq!(extract_json("Here you go:\n```json\n{\"a\": 2}\n```\nHope this helps"), Some(json!({"a": 2})));
-        assert_eq!(extract_json("Sure! {\"a\": {\"b\": [1, 2]}} and more {text}"), Some(json!({"a": {"b": [1, 2]}})));
-        assert_eq!(extract_json("<think>{\"a\": 0} hmm</think>{\"a\": 3}"), Some(json!({"a": 3})));
+        assert_eq!(
+            extract_json("Here you go:\n```json\n{\"a\": 2}\n```\nHope this helps"),
+            Some(json!({"a": 2}))
+        );
+        assert_eq!(
+            extract_json("Sure! {\"a\": {\"b\": [1, 2]}} and more {text}"),
+            Some(json!({"a": {"b": [1, 2]}}))
+        );
+        assert_eq!(
+            extract_json("<think>{\"a\": 0} hmm</think>{\"a\": 3}"),
+            Some(json!({"a": 3}))
+        );
         assert_eq!(extract_json("no json here"), None);
         assert_eq!(extract_json("{\"a\": 1"), None);
     }
@@ -259,8 +291,12 @@ mod tests {
     fn chinese_punctuation_single_quotes_and_trailing_commas() {
         let v = extract_json("评分如下：｛“inquiry”：4，“reason”：“问得很细，很好”，｝").unwrap();
         assert_eq!(v, json!({"inquiry": 4, "reason": "问得很细，很好"}));
-        let v = extract_json("{'reply': 'It\u{2019}s been two days', 'disclosed': ['duration',],}").unwrap();
-        assert_eq!(v, json!({"reply": "It’s been two days", "disclosed": ["duration"]}));
+        let v = extract_json("{'reply': 'It\u{2019}s been two days', 'disclosed': ['duration',],}")
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"reply": "It’s been two days", "disclosed": ["duration"]})
+        );
         // A quote inside a string opened by a full-width quote stays text.
         let v = extract_json("{“reason”：“he said \"hi\"”}").unwrap();
         assert_eq!(v["reason"], "he said \"hi\"");

@@ -40,7 +40,17 @@ pub fn transcript(messages: &[ChatMessage]) -> String {
     messages
         .iter()
         .filter(|m| m.role != ChatRole::System)
-        .map(|m| format!("{}: {}", if m.role == ChatRole::User { "Patient" } else { "Consultant" }, m.content.trim()))
+        .map(|m| {
+            format!(
+                "{}: {}",
+                if m.role == ChatRole::User {
+                    "Patient"
+                } else {
+                    "Consultant"
+                },
+                m.content.trim()
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -48,7 +58,14 @@ pub fn transcript(messages: &[ChatMessage]) -> String {
 fn facts_block(facts: &[Fact]) -> String {
     facts
         .iter()
-        .map(|f| format!("- {}: {}{}", f.id, f.text, if f.red_flag { " (warning sign)" } else { "" }))
+        .map(|f| {
+            format!(
+                "- {}: {}{}",
+                f.id,
+                f.text,
+                if f.red_flag { " (warning sign)" } else { "" }
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -105,35 +122,56 @@ async fn json_reply(
     let mut last = String::new();
     for attempt in 0..PARSE_ATTEMPTS {
         let req = ChatRequest {
-            messages: vec![ChatMessage::system(system.clone()), ChatMessage::user(user.clone())],
+            messages: vec![
+                ChatMessage::system(system.clone()),
+                ChatMessage::user(user.clone()),
+            ],
             max_tokens: 400,
             temperature: 0.0,
             seed: seed + attempt as u64,
         };
-        let text = calls.chat_one(Role::Simulator, "patient", backend, req).await?;
+        let text = calls
+            .chat_one(Role::Simulator, "patient", backend, req)
+            .await?;
         if let Some(turn) = read_patient_json(&text, s) {
             return Ok(turn);
         }
         last = text;
     }
-    Err(CallError::Unparseable { attempts: PARSE_ATTEMPTS, snippet: last.chars().take(160).collect() })
+    Err(CallError::Unparseable {
+        attempts: PARSE_ATTEMPTS,
+        snippet: last.chars().take(160).collect(),
+    })
 }
 
 /// `{"reply": "...", "disclosed": [...]}`; unknown ids are dropped.
 pub fn read_patient_json(text: &str, s: &Scenario) -> Option<PatientTurn> {
     let v = extract_json(text)?;
-    let reply = v.get("reply").or_else(|| v.get("response")).and_then(Value::as_str)?.trim().to_string();
+    let reply = v
+        .get("reply")
+        .or_else(|| v.get("response"))
+        .and_then(Value::as_str)?
+        .trim()
+        .to_string();
     if reply.is_empty() {
         return None;
     }
-    let ids = v.get("disclosed").or_else(|| v.get("disclosed_facts")).map(string_list).unwrap_or_default();
+    let ids = v
+        .get("disclosed")
+        .or_else(|| v.get("disclosed_facts"))
+        .map(string_list)
+        .unwrap_or_default();
     let mut disclosed: Vec<String> = Vec::new();
     for id in ids {
         if s.fact(&id).is_some() && !disclosed.contains(&id) {
             disclosed.push(id);
         }
     }
-    Some(PatientTurn { reply, disclosed, method: "llm-json".into() })
+    Some(PatientTurn {
+        reply,
+        disclosed,
+        method: "llm-json".into(),
+    })
 }
 
 async fn local_reply(
@@ -143,8 +181,18 @@ async fn local_reply(
     messages: &[ChatMessage],
     already: &[String],
 ) -> Result<PatientTurn, CallError> {
-    let last = messages.iter().rev().find(|m| m.role == ChatRole::Assistant).map(|m| m.content.as_str()).unwrap_or("");
-    let candidates: Vec<&Fact> = s.profile.facts.iter().filter(|f| !already.contains(&f.id)).collect();
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == ChatRole::Assistant)
+        .map(|m| m.content.as_str())
+        .unwrap_or("");
+    let candidates: Vec<&Fact> = s
+        .profile
+        .facts
+        .iter()
+        .filter(|f| !already.contains(&f.id))
+        .collect();
     let mut chosen: Vec<&Fact> = Vec::new();
     if !candidates.is_empty() {
         // The same questions after a neutral greeting: the model's bias towards Yes or No.
@@ -152,8 +200,14 @@ async fn local_reply(
             Language::Zh => "你好，请问有什么可以帮你？",
             Language::En => "Hello, how can I help you?",
         };
-        let reqs = vec![asked_request(last, &candidates), asked_request(neutral, &candidates)];
-        let mut res = calls.choose(Role::Simulator, "patient-facts", backend, reqs).await.into_iter();
+        let reqs = vec![
+            asked_request(last, &candidates),
+            asked_request(neutral, &candidates),
+        ];
+        let mut res = calls
+            .choose(Role::Simulator, "patient-facts", backend, reqs)
+            .await
+            .into_iter();
         let (asked, base) = (res.next().expect("two")?, res.next().expect("two")?);
         let mut scored: Vec<(f64, &Fact)> = Vec::new();
         for (k, f) in candidates.iter().enumerate() {
@@ -166,15 +220,28 @@ async fn local_reply(
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.truncate(MAX_FACTS_PER_TURN);
         // Keep the profile's order in the reply.
-        chosen = s.profile.facts.iter().filter(|f| scored.iter().any(|(_, c)| c.id == f.id)).collect();
+        chosen = s
+            .profile
+            .facts
+            .iter()
+            .filter(|f| scored.iter().any(|(_, c)| c.id == f.id))
+            .collect();
     }
     let sep = if s.language == Language::Zh { "" } else { " " };
     let reply = if chosen.is_empty() {
         not_sure(s.language).to_string()
     } else {
-        chosen.iter().map(|f| f.text.trim()).collect::<Vec<_>>().join(sep)
+        chosen
+            .iter()
+            .map(|f| f.text.trim())
+            .collect::<Vec<_>>()
+            .join(sep)
     };
-    Ok(PatientTurn { reply, disclosed: chosen.iter().map(|f| f.id.clone()).collect(), method: "local-logprob".into() })
+    Ok(PatientTurn {
+        reply,
+        disclosed: chosen.iter().map(|f| f.id.clone()).collect(),
+        method: "local-logprob".into(),
+    })
 }
 
 /// A fact is disclosed when P(Yes) rises at least this much over the neutral greeting's...
@@ -188,7 +255,14 @@ fn asked_request(message: &str, candidates: &[&Fact]) -> SlotsRequest {
     let list = candidates
         .iter()
         .enumerate()
-        .map(|(k, f)| format!("{}. {} (the patient's answer would be: {})", k + 1, f.question, f.text))
+        .map(|(k, f)| {
+            format!(
+                "{}. {} (the patient's answer would be: {})",
+                k + 1,
+                f.question,
+                f.text
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let user = format!(
@@ -196,10 +270,17 @@ fn asked_request(message: &str, candidates: &[&Fact]) -> SlotsRequest {
         message.trim()
     );
     SlotsRequest {
-        messages: vec![ChatMessage::system("You check what a consultant asked a patient."), ChatMessage::user(user)],
+        messages: vec![
+            ChatMessage::system("You check what a consultant asked a patient."),
+            ChatMessage::user(user),
+        ],
         slots: (0..candidates.len())
             .map(|k| Slot {
-                prefix: if k == 0 { "1.".into() } else { format!("\n{}.", k + 1) },
+                prefix: if k == 0 {
+                    "1.".into()
+                } else {
+                    format!("\n{}.", k + 1)
+                },
                 choices: vec!["Yes".into(), "No".into()],
                 fill: " No".into(),
             })
@@ -208,13 +289,17 @@ fn asked_request(message: &str, candidates: &[&Fact]) -> SlotsRequest {
 }
 
 const STOP_WORDS: [&str; 24] = [
-    "have", "what", "your", "does", "with", "been", "this", "that", "were", "they", "them", "from", "into", "which",
-    "there", "about", "would", "could", "should", "doing", "anything", "like", "such", "other",
+    "have", "what", "your", "does", "with", "been", "this", "that", "were", "they", "them", "from",
+    "into", "which", "there", "about", "would", "could", "should", "doing", "anything", "like",
+    "such", "other",
 ];
 
 fn terms(text: &str) -> std::collections::BTreeSet<String> {
     if Language::detect(text) == Language::Zh {
-        let cjk: Vec<char> = text.chars().filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c)).collect();
+        let cjk: Vec<char> = text
+            .chars()
+            .filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c))
+            .collect();
         cjk.windows(2).map(|w| w.iter().collect()).collect()
     } else {
         text.split(|c: char| !c.is_ascii_alphabetic())
@@ -236,14 +321,26 @@ pub fn lexical_overlap(question: &str, message: &str) -> f64 {
 
 /// Fact slots a local inventor fills, with their questions in both languages.
 const SLOTS: [(&str, &str, &str); 5] = [
-    ("duration", "How long has this been going on?", "这种情况持续多久了？"),
-    ("severity", "How bad is it, and how much does it affect your daily life?", "有多严重？对日常生活影响大吗？"),
+    (
+        "duration",
+        "How long has this been going on?",
+        "这种情况持续多久了？",
+    ),
+    (
+        "severity",
+        "How bad is it, and how much does it affect your daily life?",
+        "有多严重？对日常生活影响大吗？",
+    ),
     (
         "triggers",
         "Does anything make it better or worse, or did anything set it off?",
         "有什么会让它加重或缓解吗？最近有什么诱因吗？",
     ),
-    ("medication", "Have you taken any medicine or tried anything for it?", "有没有吃过什么药或者试过什么办法？"),
+    (
+        "medication",
+        "Have you taken any medicine or tried anything for it?",
+        "有没有吃过什么药或者试过什么办法？",
+    ),
     (
         "history",
         "Have you had anything like this before, or other health problems?",
@@ -253,7 +350,11 @@ const SLOTS: [(&str, &str, &str); 5] = [
 
 /// The scenario id of the `n`-th `--prompts` opening.
 pub fn prompt_scenario_id(n: usize, opening: &str) -> String {
-    format!("prompt-{}-{}", n + 1, &super::store::short_hash(&opening)[..6])
+    format!(
+        "prompt-{}-{}",
+        n + 1,
+        &super::store::short_hash(&opening)[..6]
+    )
 }
 
 /// Invents a consistent hidden profile for an opening line. The calls are stored, so a rerun
@@ -284,38 +385,73 @@ pub async fn invent(
     for attempt in 0..PARSE_ATTEMPTS {
         let req = ChatRequest {
             messages: vec![
-                ChatMessage::system("You write realistic, consistent patient cases for evaluating consultants."),
+                ChatMessage::system(
+                    "You write realistic, consistent patient cases for evaluating consultants.",
+                ),
                 ChatMessage::user(prompt.clone()),
             ],
             max_tokens: 1200,
             temperature: 0.0,
             seed: seed + attempt as u64,
         };
-        let text = calls.chat_one(Role::Simulator, "profile", backend, req).await?;
+        let text = calls
+            .chat_one(Role::Simulator, "profile", backend, req)
+            .await?;
         if let Some(s) = read_profile_json(&text, &id, language, opening) {
             return Ok(s);
         }
         last = text;
     }
-    Err(CallError::Unparseable { attempts: PARSE_ATTEMPTS, snippet: last.chars().take(160).collect() })
+    Err(CallError::Unparseable {
+        attempts: PARSE_ATTEMPTS,
+        snippet: last.chars().take(160).collect(),
+    })
 }
 
 fn read_profile_json(text: &str, id: &str, language: Language, opening: &str) -> Option<Scenario> {
     let v = extract_json(text)?;
-    let domain = match v.get("domain").and_then(Value::as_str).unwrap_or("medical").to_lowercase() {
+    let domain = match v
+        .get("domain")
+        .and_then(Value::as_str)
+        .unwrap_or("medical")
+        .to_lowercase()
+    {
         d if d.starts_with("psych") || d.contains("心理") => Domain::Psychological,
         _ => Domain::Medical,
     };
     let mut facts: Vec<Fact> = Vec::new();
     for f in v.get("facts")?.as_array()? {
-        let fid = f.get("id").and_then(Value::as_str).unwrap_or("").trim().to_string();
-        let text = f.get("text").and_then(Value::as_str).unwrap_or("").trim().to_string();
+        let fid = f
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let text = f
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if fid.is_empty() || text.is_empty() || facts.iter().any(|x| x.id == fid) {
             continue;
         }
-        let question = f.get("question").and_then(Value::as_str).unwrap_or(&text).trim().to_string();
-        let red_flag = f.get("red_flag").and_then(super::parse::bool_value).unwrap_or(fid.contains("red_flag"));
-        facts.push(Fact { id: fid, text, question, red_flag });
+        let question = f
+            .get("question")
+            .and_then(Value::as_str)
+            .unwrap_or(&text)
+            .trim()
+            .to_string();
+        let red_flag = f
+            .get("red_flag")
+            .and_then(super::parse::bool_value)
+            .unwrap_or(fid.contains("red_flag"));
+        facts.push(Fact {
+            id: fid,
+            text,
+            question,
+            red_flag,
+        });
     }
     let s = Scenario {
         id: id.to_string(),
@@ -323,7 +459,11 @@ fn read_profile_json(text: &str, id: &str, language: Language, opening: &str) ->
         domain,
         opening: opening.to_string(),
         profile: Profile {
-            persona: v.get("persona").and_then(Value::as_str).unwrap_or("").to_string(),
+            persona: v
+                .get("persona")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             facts,
             expected: v.get("expected").map(string_list).unwrap_or_default(),
         },
@@ -346,9 +486,17 @@ async fn invent_local(
         "Answer:",
         &["A", "B"],
     );
-    let p = calls.choose(Role::Simulator, "profile-domain", backend, vec![domain_req]).await.pop().expect("one")?;
+    let p = calls
+        .choose(Role::Simulator, "profile-domain", backend, vec![domain_req])
+        .await
+        .pop()
+        .expect("one")?;
     let p = &p[0];
-    let domain = if p[1] > p[0] { Domain::Psychological } else { Domain::Medical };
+    let domain = if p[1] > p[0] {
+        Domain::Psychological
+    } else {
+        Domain::Medical
+    };
     let reqs: Vec<ChatRequest> = SLOTS
         .iter()
         .map(|(_, en, zh)| {
@@ -369,13 +517,24 @@ async fn invent_local(
             }
         })
         .collect();
-    let answers = calls.chat(Role::Simulator, "profile-fact", backend, reqs).await;
+    let answers = calls
+        .chat(Role::Simulator, "profile-fact", backend, reqs)
+        .await;
     let mut facts = Vec::new();
     for ((slot, en, zh), a) in SLOTS.iter().zip(answers) {
         let text = first_line(&a?);
-        let text = if text.is_empty() { not_sure(language).to_string() } else { text };
+        let text = if text.is_empty() {
+            not_sure(language).to_string()
+        } else {
+            text
+        };
         let question = if language == Language::Zh { zh } else { en };
-        facts.push(Fact { id: slot.to_string(), text, question: question.to_string(), red_flag: false });
+        facts.push(Fact {
+            id: slot.to_string(),
+            text,
+            question: question.to_string(),
+            red_flag: false,
+        });
     }
     let (persona, expected) = match language {
         Language::Zh => (
@@ -388,7 +547,8 @@ async fn invent_local(
         Language::En => (
             "An adult patient who talks briefly and answers only what is asked.",
             vec![
-                "Ask about duration, severity, triggers, medication and history before advising".to_string(),
+                "Ask about duration, severity, triggers, medication and history before advising"
+                    .to_string(),
                 "Refer to a professional when needed".to_string(),
             ],
         ),
@@ -398,15 +558,29 @@ async fn invent_local(
         language,
         domain,
         opening: opening.to_string(),
-        profile: Profile { persona: persona.to_string(), facts, expected },
+        profile: Profile {
+            persona: persona.to_string(),
+            facts,
+            expected,
+        },
     })
 }
 
 /// The first non-empty line, without surrounding quotes, at most 200 characters.
 fn first_line(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-    let line = line.trim_matches(|c: char| c == '"' || c == '“' || c == '”' || c == '\'' || c == '「' || c == '」');
-    line.chars().take(200).collect::<String>().trim().to_string()
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let line = line.trim_matches(|c: char| {
+        c == '"' || c == '“' || c == '”' || c == '\'' || c == '「' || c == '」'
+    });
+    line.chars()
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -416,7 +590,10 @@ mod tests {
 
     #[test]
     fn patient_json_keeps_known_ids_only() {
-        let s = builtin().into_iter().find(|s| s.id == "zh-med-headache").unwrap();
+        let s = builtin()
+            .into_iter()
+            .find(|s| s.id == "zh-med-headache")
+            .unwrap();
         let t = read_patient_json(
             "```json\n{\"reply\": \"两天了\", \"disclosed\": [\"duration\", \"made_up\", \"duration\"]}\n```",
             &s,
@@ -451,7 +628,11 @@ mod tests {
 
     #[test]
     fn transcript_and_first_line() {
-        let m = vec![ChatMessage::system("s"), ChatMessage::user("我头疼"), ChatMessage::assistant("多久了？")];
+        let m = vec![
+            ChatMessage::system("s"),
+            ChatMessage::user("我头疼"),
+            ChatMessage::assistant("多久了？"),
+        ];
         assert_eq!(transcript(&m), "Patient: 我头疼\nConsultant: 多久了？");
         assert_eq!(first_line("\n  \"Two days.\"\nmore"), "Two days.");
     }

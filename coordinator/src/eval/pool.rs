@@ -54,9 +54,17 @@ pub trait ModelPool: Send + Sync {
     fn unload(&self, model: &str) -> BoxFuture<'_, Result<(), PoolError>>;
     /// One reply per request, in request order, generated together as one batch; a request that
     /// cannot run (prompt too long) fails alone.
-    fn generate(&self, model: &str, reqs: Vec<GenRequest>) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>>;
+    fn generate(
+        &self,
+        model: &str,
+        reqs: Vec<GenRequest>,
+    ) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>>;
     /// Next-token log-probabilities of each choice after the chat prompt plus prefix.
-    fn choose(&self, model: &str, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>>;
+    fn choose(
+        &self,
+        model: &str,
+        reqs: Vec<ChoiceRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>>;
     /// Per request and slot, the next-token log-probabilities of each choice. By default each
     /// slot is one [`ModelPool::choose`] request; the in-process pool reads all slots of a request
     /// from one forward pass.
@@ -68,16 +76,26 @@ pub trait ModelPool: Send + Sync {
         let model = model.to_string();
         Box::pin(async move {
             let lens: Vec<usize> = reqs.iter().map(|r| r.slots.len()).collect();
-            let flat: Vec<ChoiceRequest> = reqs.iter().flat_map(|r| r.as_single_choices()).collect();
+            let flat: Vec<ChoiceRequest> =
+                reqs.iter().flat_map(|r| r.as_single_choices()).collect();
             let mut all = self.choose(&model, flat).await?.into_iter();
-            Ok(lens.into_iter().map(|n| all.by_ref().take(n).collect()).collect())
+            Ok(lens
+                .into_iter()
+                .map(|n| all.by_ref().take(n).collect())
+                .collect())
         })
     }
 }
 
 enum Job {
-    Generate(Vec<GenRequest>, oneshot::Sender<Vec<Result<GenOutput, PoolError>>>),
-    Choose(Vec<SlotsRequest>, oneshot::Sender<Result<Vec<Vec<Vec<f32>>>, PoolError>>),
+    Generate(
+        Vec<GenRequest>,
+        oneshot::Sender<Vec<Result<GenOutput, PoolError>>>,
+    ),
+    Choose(
+        Vec<SlotsRequest>,
+        oneshot::Sender<Result<Vec<Vec<Vec<f32>>>, PoolError>>,
+    ),
 }
 
 struct Worker {
@@ -95,11 +113,17 @@ pub struct InProcessPool {
 impl InProcessPool {
     /// `device` overrides every model's `device_map` when given.
     pub fn new(registry: Registry, device: Option<DeviceSpec>) -> Self {
-        Self { registry, device, workers: Mutex::new(HashMap::new()) }
+        Self {
+            registry,
+            device,
+            workers: Mutex::new(HashMap::new()),
+        }
     }
 
     fn spec(&self, model: &str) -> Result<ModelSpec, PoolError> {
-        self.registry.resolve(model).map_err(|e| PoolError::Registry(Arc::new(e)))
+        self.registry
+            .resolve(model)
+            .map_err(|e| PoolError::Registry(Arc::new(e)))
     }
 
     fn device_for(&self, spec: &ModelSpec) -> DeviceSpec {
@@ -119,27 +143,42 @@ impl InProcessPool {
     /// The sender of a loaded model's thread, loading it first if needed. Concurrent callers
     /// for the same model wait for one load.
     async fn sender(&self, model: &str) -> Result<mpsc::Sender<Job>, PoolError> {
-        let slot = self.workers.lock().expect("pool lock").entry(model.to_string()).or_default().clone();
+        let slot = self
+            .workers
+            .lock()
+            .expect("pool lock")
+            .entry(model.to_string())
+            .or_default()
+            .clone();
         let mut guard = slot.lock().await;
         if let Some(w) = guard.as_ref() {
             return Ok(w.tx.clone());
         }
         let spec = self.spec(model)?;
-        let opts =
-            LoadOptions { device: self.device_for(&spec), quantization: spec.quantization, ..Default::default() };
+        let opts = LoadOptions {
+            device: self.device_for(&spec),
+            quantization: spec.quantization,
+            ..Default::default()
+        };
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel::<Job>();
         let name = model.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("engine-{name}"))
             .spawn(move || engine_thread(name, spec, opts, rx, ready_tx))
-            .map_err(|e| PoolError::Load { model: model.into(), why: e.to_string() })?;
+            .map_err(|e| PoolError::Load {
+                model: model.into(),
+                why: e.to_string(),
+            })?;
         match ready_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(PoolError::Stopped(model.into())),
         }
-        *guard = Some(Worker { tx: tx.clone(), thread });
+        *guard = Some(Worker {
+            tx: tx.clone(),
+            thread,
+        });
         Ok(tx)
     }
 }
@@ -147,7 +186,12 @@ impl InProcessPool {
 impl ModelPool for InProcessPool {
     fn identity(&self, model: &str) -> Result<String, PoolError> {
         let s = self.spec(model)?;
-        Ok(format!("{}@{}#{}", s.name, s.path.display(), s.quantization.as_str()))
+        Ok(format!(
+            "{}@{}#{}",
+            s.name,
+            s.path.display(),
+            s.quantization.as_str()
+        ))
     }
 
     fn load(&self, model: &str) -> BoxFuture<'_, Result<(), PoolError>> {
@@ -176,7 +220,11 @@ impl ModelPool for InProcessPool {
         })
     }
 
-    fn generate(&self, model: &str, reqs: Vec<GenRequest>) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>> {
+    fn generate(
+        &self,
+        model: &str,
+        reqs: Vec<GenRequest>,
+    ) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>> {
         let model = model.to_string();
         Box::pin(async move {
             let n = reqs.len();
@@ -189,21 +237,35 @@ impl ModelPool for InProcessPool {
             if tx.send(Job::Generate(reqs, otx)).is_err() {
                 return fail(PoolError::Stopped(model));
             }
-            orx.await.unwrap_or_else(|_| fail(PoolError::Stopped(model)))
+            orx.await
+                .unwrap_or_else(|_| fail(PoolError::Stopped(model)))
         })
     }
 
-    fn choose(&self, model: &str, reqs: Vec<ChoiceRequest>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
+    fn choose(
+        &self,
+        model: &str,
+        reqs: Vec<ChoiceRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
         let slots = reqs
             .into_iter()
             .map(|r| SlotsRequest {
                 messages: r.messages,
-                slots: vec![Slot { prefix: r.prefix, choices: r.choices, fill: String::new() }],
+                slots: vec![Slot {
+                    prefix: r.prefix,
+                    choices: r.choices,
+                    fill: String::new(),
+                }],
             })
             .collect();
         let model = model.to_string();
         Box::pin(async move {
-            Ok(self.choose_slots(&model, slots).await?.into_iter().map(|mut s| s.pop().unwrap_or_default()).collect())
+            Ok(self
+                .choose_slots(&model, slots)
+                .await?
+                .into_iter()
+                .map(|mut s| s.pop().unwrap_or_default())
+                .collect())
         })
     }
 
@@ -216,7 +278,8 @@ impl ModelPool for InProcessPool {
         Box::pin(async move {
             let tx = self.sender(&model).await?;
             let (otx, orx) = oneshot::channel();
-            tx.send(Job::Choose(reqs, otx)).map_err(|_| PoolError::Stopped(model.clone()))?;
+            tx.send(Job::Choose(reqs, otx))
+                .map_err(|_| PoolError::Stopped(model.clone()))?;
             orx.await.map_err(|_| PoolError::Stopped(model))?
         })
     }
@@ -233,12 +296,18 @@ fn engine_thread(
     let engine = match Engine::load(&spec.path, &opts) {
         Ok(e) => e,
         Err(e) => {
-            let _ = ready.send(Err(PoolError::Load { model: name, why: e.to_string() }));
+            let _ = ready.send(Err(PoolError::Load {
+                model: name,
+                why: e.to_string(),
+            }));
             return;
         }
     };
     let _ = ready.send(Ok(()));
-    let err = |why: String| PoolError::Engine { model: name.clone(), why };
+    let err = |why: String| PoolError::Engine {
+        model: name.clone(),
+        why,
+    };
     while let Ok(first) = rx.recv() {
         // Everything queued meanwhile joins this round: generations as one batch.
         let mut jobs = vec![first];
@@ -252,7 +321,11 @@ fn engine_thread(
                     gen_reqs.extend(reqs);
                 }
                 Job::Choose(reqs, reply) => {
-                    let _ = reply.send(reqs.iter().map(|r| choice_logprobs(&engine, r).map_err(&err)).collect());
+                    let _ = reply.send(
+                        reqs.iter()
+                            .map(|r| choice_logprobs(&engine, r).map_err(&err))
+                            .collect(),
+                    );
                 }
             }
         }
@@ -279,7 +352,10 @@ fn run_batch(
     for (i, r) in reqs.iter().enumerate() {
         match engine.encode_chat(&r.messages, true, r.params.enable_thinking) {
             Ok(ids) if ids.len() < engine.context_len() => {
-                runnable.push(GenerateRequest { prompt_ids: ids, params: r.params.clone() });
+                runnable.push(GenerateRequest {
+                    prompt_ids: ids,
+                    params: r.params.clone(),
+                });
                 index.push(i);
             }
             Ok(ids) => {
@@ -313,7 +389,9 @@ fn run_batch(
             }
         }
     }
-    out.into_iter().map(|o| o.expect("every request answered")).collect()
+    out.into_iter()
+        .map(|o| o.expect("every request answered"))
+        .collect()
 }
 
 /// The token ids a choice can start with: the choice alone and after a space, where either is a
@@ -337,7 +415,9 @@ fn choice_token_ids(engine: &Engine, choice: &str) -> Result<Vec<u32>, String> {
 }
 
 fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, String> {
-    let mut ids = engine.encode_chat(&r.messages, true, false).map_err(|e| e.to_string())?;
+    let mut ids = engine
+        .encode_chat(&r.messages, true, false)
+        .map_err(|e| e.to_string())?;
     // The position whose next-token distribution each slot reads.
     let mut at = Vec::with_capacity(r.slots.len());
     for (k, s) in r.slots.iter().enumerate() {
@@ -350,13 +430,21 @@ fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, S
         }
     }
     if ids.len() >= engine.context_len() {
-        return Err(format!("the prompt has {} tokens, the context window is {}", ids.len(), engine.context_len()));
+        return Err(format!(
+            "the prompt has {} tokens, the context window is {}",
+            ids.len(),
+            engine.context_len()
+        ));
     }
     let rows: Vec<Vec<f32>> = if r.slots.len() == 1 {
-        vec![engine.next_token_logprobs(&ids).map_err(|e| e.to_string())?]
+        vec![engine
+            .next_token_logprobs(&ids)
+            .map_err(|e| e.to_string())?]
     } else {
         let logits = engine.prompt_logits(&ids).map_err(|e| e.to_string())?;
-        at.iter().map(|&p| ibench_worker::sampling::log_softmax(&logits[p])).collect()
+        at.iter()
+            .map(|&p| ibench_worker::sampling::log_softmax(&logits[p]))
+            .collect()
     };
     r.slots
         .iter()
@@ -366,9 +454,16 @@ fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, S
                 .iter()
                 .map(|c| {
                     let ids = choice_token_ids(engine, c)?;
-                    let vals: Vec<f32> = ids.iter().filter_map(|&i| lp.get(i as usize).copied()).collect();
+                    let vals: Vec<f32> = ids
+                        .iter()
+                        .filter_map(|&i| lp.get(i as usize).copied())
+                        .collect();
                     let m = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    Ok(if m.is_finite() { m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln() } else { m })
+                    Ok(if m.is_finite() {
+                        m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
+                    } else {
+                        m
+                    })
                 })
                 .collect()
         })

@@ -86,7 +86,10 @@ fn estimates(
 fn with_overall(scores: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     let mut m = scores.clone();
     if !scores.is_empty() {
-        m.insert(OVERALL.into(), mean(&scores.values().copied().collect::<Vec<_>>()));
+        m.insert(
+            OVERALL.into(),
+            mean(&scores.values().copied().collect::<Vec<_>>()),
+        );
     }
     m
 }
@@ -113,13 +116,20 @@ pub fn summarise(cfg: &EvalConfig, r: &RunResults) -> Summary {
     for m in &cfg.models {
         let ds: Vec<_> = r.dialogues.iter().filter(|d| &d.model == m).collect();
         let ok: Vec<_> = ds.iter().filter(|d| d.end != End::Failed).collect();
-        let dims_units: Vec<_> =
-            ok.iter().filter_map(|d| d.verdict.as_ref()).map(|v| with_overall(&v.scores)).collect();
+        let dims_units: Vec<_> = ok
+            .iter()
+            .filter_map(|d| d.verdict.as_ref())
+            .map(|v| with_overall(&v.scores))
+            .collect();
         let turn_units: Vec<_> = ok
             .iter()
             .filter_map(|d| {
-                let ts: Vec<_> =
-                    d.turns.iter().filter_map(|t| t.verdict.as_ref()).map(|v| with_overall(&v.scores)).collect();
+                let ts: Vec<_> = d
+                    .turns
+                    .iter()
+                    .filter_map(|t| t.verdict.as_ref())
+                    .map(|v| with_overall(&v.scores))
+                    .collect();
                 average(&ts.iter().collect::<Vec<_>>())
             })
             .collect();
@@ -145,8 +155,12 @@ pub fn summarise(cfg: &EvalConfig, r: &RunResults) -> Summary {
                 for f in s.red_flags() {
                     total += 1;
                     elicited += d.disclosed.contains(&f.id) as usize;
-                    caught +=
-                        d.verdict.as_ref().and_then(|v| v.red_flags.get(&f.id)).copied().unwrap_or(false) as usize;
+                    caught += d
+                        .verdict
+                        .as_ref()
+                        .and_then(|v| v.red_flags.get(&f.id))
+                        .copied()
+                        .unwrap_or(false) as usize;
                 }
             }
         }
@@ -180,8 +194,12 @@ pub fn summarise(cfg: &EvalConfig, r: &RunResults) -> Summary {
                 .iter()
                 .filter_map(|s| Some(outcome(overall(a, &s.id)?, overall(b, &s.id)?, 1e-9)))
                 .collect();
-            let shares: Vec<f64> =
-                r.pairs.iter().filter(|p| &p.a == a && &p.b == b).filter_map(|p| p.a_share()).collect();
+            let shares: Vec<f64> = r
+                .pairs
+                .iter()
+                .filter(|p| &p.a == a && &p.b == b)
+                .filter_map(|p| p.a_share())
+                .collect();
             pairs.push(PairSummary {
                 a: a.clone(),
                 b: b.clone(),
@@ -212,15 +230,26 @@ pub struct ScoresFile {
 }
 
 fn write(path: &Path, text: &str) -> Result<(), EvalError> {
-    std::fs::write(path, text).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, text).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn jsonl<T: Serialize>(items: &[T]) -> String {
-    items.iter().map(|x| serde_json::to_string(x).expect("records serialize") + "\n").collect()
+    items
+        .iter()
+        .map(|x| serde_json::to_string(x).expect("records serialize") + "\n")
+        .collect()
 }
 
 /// Writes every output file of the run directory.
-pub fn write_outputs(dir: &Path, cfg: &EvalConfig, r: &RunResults, summary: &Summary) -> Result<(), EvalError> {
+pub fn write_outputs(
+    dir: &Path,
+    cfg: &EvalConfig,
+    r: &RunResults,
+    summary: &Summary,
+) -> Result<(), EvalError> {
     write(&dir.join("transcripts.jsonl"), &jsonl(&r.dialogues))?;
     if !r.turn_mode.is_empty() {
         write(&dir.join("turn_mode.jsonl"), &jsonl(&r.turn_mode))?;
@@ -253,9 +282,16 @@ pub fn write_outputs(dir: &Path, cfg: &EvalConfig, r: &RunResults, summary: &Sum
         pairs: r.pairs.clone(),
         failures: r.failures.clone(),
     };
-    write(&dir.join("scores.json"), &serde_json::to_string_pretty(&scores).expect("scores serialize"))?;
-    let counts: BTreeMap<&str, &RoleCounts> = r.counts.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    write(&dir.join("calls.json"), &serde_json::to_string_pretty(&counts).expect("counts serialize"))?;
+    write(
+        &dir.join("scores.json"),
+        &serde_json::to_string_pretty(&scores).expect("scores serialize"),
+    )?;
+    let counts: BTreeMap<&str, &RoleCounts> =
+        r.counts.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    write(
+        &dir.join("calls.json"),
+        &serde_json::to_string_pretty(&counts).expect("counts serialize"),
+    )?;
     write(&dir.join("report.md"), &markdown(cfg, r, summary))?;
     write(&dir.join("report.html"), &html(cfg, r, summary))?;
     Ok(())
@@ -275,7 +311,12 @@ fn est(e: Option<&Estimate>) -> String {
 
 fn pct(e: Option<&Estimate>) -> String {
     match e {
-        Some(e) if e.n > 1 => format!("{:.0}% [{:.0}, {:.0}]", 100.0 * e.mean, 100.0 * e.lo, 100.0 * e.hi),
+        Some(e) if e.n > 1 => format!(
+            "{:.0}% [{:.0}, {:.0}]",
+            100.0 * e.mean,
+            100.0 * e.lo,
+            100.0 * e.hi
+        ),
         Some(e) => format!("{:.0}%", 100.0 * e.mean),
         None => "-".into(),
     }
@@ -292,7 +333,13 @@ fn failure_counts(r: &RunResults) -> BTreeMap<Role, usize> {
 /// The terminal summary (stdout).
 pub fn terminal_table(r: &RunResults, s: &Summary, dir: &Path) -> String {
     let mut out = String::new();
-    let name_w = s.models.iter().map(|m| m.model.chars().count()).max().unwrap_or(5).max(5);
+    let name_w = s
+        .models
+        .iter()
+        .map(|m| m.model.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let _ = writeln!(
         out,
         "{:<name_w$}  {:>5}  {:<20} {:>7} {:>7} {:>8} {:>6} {:>7}  {:<6} {:>5}  {:<9} {:>6}",
@@ -310,8 +357,14 @@ pub fn terminal_table(r: &RunResults, s: &Summary, dir: &Path) -> String {
         "FAILED"
     );
     for m in &s.models {
-        let d = |k: &str| m.dims.get(k).map(|e| f2(e.mean)).unwrap_or_else(|| "-".into());
-        let _ = writeln!(
+        let d = |k: &str| {
+            m.dims
+                .get(k)
+                .map(|e| f2(e.mean))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ =
+            writeln!(
             out,
             "{:<name_w$}  {:>5}  {:<20} {:>7} {:>7} {:>8} {:>6} {:>7}  {:<6} {:>5}  {:<9} {:>6}",
             m.model,
@@ -330,7 +383,12 @@ pub fn terminal_table(r: &RunResults, s: &Summary, dir: &Path) -> String {
     }
     for m in &s.models {
         if let Some(e) = m.turn_mode_dims.get(OVERALL) {
-            let _ = writeln!(out, "teacher-forced turns, {}: overall {}", m.model, est(Some(e)));
+            let _ = writeln!(
+                out,
+                "teacher-forced turns, {}: overall {}",
+                m.model,
+                est(Some(e))
+            );
         }
     }
     for p in &s.pairs {
@@ -345,15 +403,24 @@ pub fn terminal_table(r: &RunResults, s: &Summary, dir: &Path) -> String {
             p.a_wins,
             p.ties,
             p.b_wins,
-            p.pairwise.map(|e| format!("; pairwise judge: {}", pct(Some(&e)))).unwrap_or_default()
+            p.pairwise
+                .map(|e| format!("; pairwise judge: {}", pct(Some(&e))))
+                .unwrap_or_default()
         );
     }
     let fc = failure_counts(r);
     if fc.is_empty() {
         let _ = writeln!(out, "failures: none");
     } else {
-        let parts: Vec<String> = fc.iter().map(|(k, v)| format!("{} {v}", k.as_str())).collect();
-        let _ = writeln!(out, "failures: {} (details in report.md and scores.json)", parts.join(", "));
+        let parts: Vec<String> = fc
+            .iter()
+            .map(|(k, v)| format!("{} {v}", k.as_str()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "failures: {} (details in report.md and scores.json)",
+            parts.join(", ")
+        );
     }
     let _ = writeln!(out, "results: {}", dir.join("report.html").display());
     out
@@ -413,7 +480,16 @@ fn markdown(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         let rows: Vec<_> = s
             .models
             .iter()
-            .map(|m| (m, if pick == 0 { &m.turn_dims } else { &m.turn_mode_dims }))
+            .map(|m| {
+                (
+                    m,
+                    if pick == 0 {
+                        &m.turn_dims
+                    } else {
+                        &m.turn_mode_dims
+                    },
+                )
+            })
             .filter(|(_, d)| !d.is_empty())
             .collect();
         if rows.is_empty() {
@@ -424,7 +500,13 @@ fn markdown(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         let _ = writeln!(o, "|{}", "---|".repeat(2 + head.len()));
         for (m, d) in rows {
             let dims: Vec<String> = dimension_keys().map(|k| est(d.get(k))).collect();
-            let _ = writeln!(o, "| {} | {} | {} |", md_escape(&m.model), est(d.get(OVERALL)), dims.join(" | "));
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} |",
+                md_escape(&m.model),
+                est(d.get(OVERALL)),
+                dims.join(" | ")
+            );
         }
     }
     if !s.pairs.is_empty() {
@@ -450,21 +532,40 @@ fn markdown(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         }
     }
     let _ = writeln!(o, "\n## Per scenario (overall dialogue score)\n");
-    let _ = writeln!(o, "| Scenario | {} |", cfg.models.iter().map(|m| md_escape(m)).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        o,
+        "| Scenario | {} |",
+        cfg.models
+            .iter()
+            .map(|m| md_escape(m))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(o, "|---|{}", "---|".repeat(cfg.models.len()));
     for sc in &r.scenarios {
         let cells: Vec<String> = cfg
             .models
             .iter()
-            .map(|m| match r.dialogues.iter().find(|d| &d.model == m && d.scenario == sc.id) {
-                Some(d) if d.end == End::Failed => "failed".into(),
-                Some(d) => match &d.verdict {
-                    Some(v) => {
-                        format!("{:.2} ({} turns, {:.0}% facts)", v.overall(), d.turns.len(), 100.0 * d.fact_rate())
-                    }
-                    None => "not judged".into(),
-                },
-                None => "-".into(),
+            .map(|m| {
+                match r
+                    .dialogues
+                    .iter()
+                    .find(|d| &d.model == m && d.scenario == sc.id)
+                {
+                    Some(d) if d.end == End::Failed => "failed".into(),
+                    Some(d) => match &d.verdict {
+                        Some(v) => {
+                            format!(
+                                "{:.2} ({} turns, {:.0}% facts)",
+                                v.overall(),
+                                d.turns.len(),
+                                100.0 * d.fact_rate()
+                            )
+                        }
+                        None => "not judged".into(),
+                    },
+                    None => "-".into(),
+                }
             })
             .collect();
         let _ = writeln!(o, "| {} | {} |", sc.id, cells.join(" | "));
@@ -474,7 +575,13 @@ fn markdown(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         let _ = writeln!(o, "None.");
     } else {
         for f in &r.failures {
-            let _ = writeln!(o, "- **{}** {}: {}", f.role.as_str(), md_escape(&f.what), md_escape(&f.error));
+            let _ = writeln!(
+                o,
+                "- **{}** {}: {}",
+                f.role.as_str(),
+                md_escape(&f.what),
+                md_escape(&f.error)
+            );
         }
     }
     let _ = writeln!(o, "\n## Calls\n");
@@ -488,15 +595,23 @@ fn markdown(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
             c.failed
         );
     }
-    let _ = writeln!(o, "\nTranscripts: `transcripts.jsonl`; every verdict with its reasons: `scores.json`.");
+    let _ = writeln!(
+        o,
+        "\nTranscripts: `transcripts.jsonl`; every verdict with its reasons: `scores.json`."
+    );
     o
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
-const COLORS: [&str; 8] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7"];
+const COLORS: [&str; 8] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+];
 
 /// Grouped bars with error bars: one group per label, one bar per model.
 fn bar_chart(
@@ -575,18 +690,29 @@ fn legend(models: &[String]) -> String {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            format!("<span class=\"k\"><i style=\"background:{}\"></i>{}</span>", COLORS[i % COLORS.len()], esc(m))
+            format!(
+                "<span class=\"k\"><i style=\"background:{}\"></i>{}</span>",
+                COLORS[i % COLORS.len()],
+                esc(m)
+            )
         })
         .collect()
 }
 
 fn html(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
     let models: Vec<String> = s.models.iter().map(|m| m.model.clone()).collect();
-    let labels: Vec<String> = RUBRIC.iter().map(|d| d.name.to_string()).chain(["Overall".to_string()]).collect();
+    let labels: Vec<String> = RUBRIC
+        .iter()
+        .map(|d| d.name.to_string())
+        .chain(["Overall".to_string()])
+        .collect();
     let keys: Vec<&str> = dimension_keys().chain([OVERALL]).collect();
-    let grid = |pick: fn(&ModelSummary) -> &BTreeMap<String, Estimate>| -> Vec<Vec<Option<Estimate>>> {
-        keys.iter().map(|k| s.models.iter().map(|m| pick(m).get(*k).copied()).collect()).collect()
-    };
+    let grid =
+        |pick: fn(&ModelSummary) -> &BTreeMap<String, Estimate>| -> Vec<Vec<Option<Estimate>>> {
+            keys.iter()
+                .map(|k| s.models.iter().map(|m| pick(m).get(*k).copied()).collect())
+                .collect()
+        };
     let mut body = String::new();
     let _ = write!(
         body,
@@ -607,7 +733,14 @@ fn html(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         5.0,
     ));
     if s.models.iter().any(|m| !m.turn_dims.is_empty()) {
-        body.push_str(&bar_chart("Per-turn scores (1-5)", &labels, &models, &grid(|m| &m.turn_dims), 1.0, 5.0));
+        body.push_str(&bar_chart(
+            "Per-turn scores (1-5)",
+            &labels,
+            &models,
+            &grid(|m| &m.turn_dims),
+            1.0,
+            5.0,
+        ));
     }
     if s.models.iter().any(|m| !m.turn_mode_dims.is_empty()) {
         body.push_str(&bar_chart(
@@ -620,13 +753,26 @@ fn html(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
         ));
     }
     let facts: Vec<Vec<Option<Estimate>>> = vec![s.models.iter().map(|m| m.fact_rate).collect()];
-    body.push_str(&bar_chart("Fact-elicitation rate", &["facts elicited".to_string()], &models, &facts, 0.0, 1.0));
+    body.push_str(&bar_chart(
+        "Fact-elicitation rate",
+        &["facts elicited".to_string()],
+        &models,
+        &facts,
+        0.0,
+        1.0,
+    ));
     // Tables: the markdown's content, as HTML.
-    let _ = write!(body, "<h2>Summary</h2><table><tr><th>Model</th><th>Scored</th><th>Overall</th>");
+    let _ = write!(
+        body,
+        "<h2>Summary</h2><table><tr><th>Model</th><th>Scored</th><th>Overall</th>"
+    );
     for d in &RUBRIC {
         let _ = write!(body, "<th>{}</th>", esc(d.name));
     }
-    let _ = write!(body, "<th>Facts</th><th>Turns</th><th>Red flags caught</th><th>Failed</th></tr>");
+    let _ = write!(
+        body,
+        "<th>Facts</th><th>Turns</th><th>Red flags caught</th><th>Failed</th></tr>"
+    );
     for m in &s.models {
         let _ = write!(
             body,
@@ -672,13 +818,23 @@ fn html(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
     if !r.failures.is_empty() {
         body.push_str("<h2>Failures</h2><ul>");
         for f in &r.failures {
-            let _ = write!(body, "<li><b>{}</b> {}: {}</li>", f.role.as_str(), esc(&f.what), esc(&f.error));
+            let _ = write!(
+                body,
+                "<li><b>{}</b> {}: {}</li>",
+                f.role.as_str(),
+                esc(&f.what),
+                esc(&f.error)
+            );
         }
         body.push_str("</ul>");
     }
     body.push_str("<h2>Dialogues</h2>");
     for d in &r.dialogues {
-        let score = d.verdict.as_ref().map(|v| format!("{:.2}", v.overall())).unwrap_or_else(|| "-".into());
+        let score = d
+            .verdict
+            .as_ref()
+            .map(|v| format!("{:.2}", v.overall()))
+            .unwrap_or_else(|| "-".into());
         let _ = write!(
             body,
             "<details><summary>{} / {}: overall {}, {} turns, {:.0}% facts, {:?}</summary><div class=\"d\">",
@@ -690,8 +846,13 @@ fn html(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
             d.end
         );
         for m in &d.messages {
-            let _ =
-                write!(body, "<p class=\"{}\"><b>{}</b>: {}</p>", m.role.as_str(), m.role.as_str(), esc(&m.content));
+            let _ = write!(
+                body,
+                "<p class=\"{}\"><b>{}</b>: {}</p>",
+                m.role.as_str(),
+                m.role.as_str(),
+                esc(&m.content)
+            );
         }
         if let Some(v) = &d.verdict {
             body.push_str("<ul>");
@@ -705,7 +866,12 @@ fn html(cfg: &EvalConfig, r: &RunResults, s: &Summary) -> String {
                 );
             }
             for (id, c) in &v.red_flags {
-                let _ = write!(body, "<li>red flag {}: {}</li>", esc(id), if *c { "caught" } else { "missed" });
+                let _ = write!(
+                    body,
+                    "<li>red flag {}: {}</li>",
+                    esc(id),
+                    if *c { "caught" } else { "missed" }
+                );
             }
             body.push_str("</ul>");
         }

@@ -28,7 +28,10 @@ use super::EvalError;
 #[serde(rename_all = "snake_case")]
 pub enum ScenarioSource {
     /// `builtin` or a JSONL file, with a selection.
-    Set { source: String, selection: Selection },
+    Set {
+        source: String,
+        selection: Selection,
+    },
     /// Opening lines; the simulator invents each hidden profile.
     Prompts(Vec<String>),
 }
@@ -105,7 +108,9 @@ impl EvalConfig {
                 return bad("--prompts needs non-empty opening lines");
             }
         }
-        self.generation.validate().map_err(|e| EvalError::Config(e.to_string()))
+        self.generation
+            .validate()
+            .map_err(|e| EvalError::Config(e.to_string()))
     }
 }
 
@@ -257,15 +262,18 @@ enum Event {
 
 /// Resolves the scenarios: a set with its selection, or profiles invented for `--prompts` (each a
 /// stored simulator call; a failed invention is counted and its opening left out).
-pub async fn resolve_scenarios(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<Vec<Scenario>, EvalError> {
+pub async fn resolve_scenarios(
+    cfg: &EvalConfig,
+    calls: &Calls,
+    env: &Env,
+) -> Result<Vec<Scenario>, EvalError> {
     match &cfg.scenarios {
         ScenarioSource::Set { source, selection } => selection.apply(scenario::load(source)?),
         ScenarioSource::Prompts(prompts) => {
             env.progress.set_message("inventing patient profiles");
-            let futs = prompts
-                .iter()
-                .enumerate()
-                .map(|(n, p)| patient::invent(calls, env.simulator.as_ref(), n, p, cfg.generation.seed));
+            let futs = prompts.iter().enumerate().map(|(n, p)| {
+                patient::invent(calls, env.simulator.as_ref(), n, p, cfg.generation.seed)
+            });
             let results = futures_util::future::join_all(futs).await;
             let mut out = Vec::new();
             for (p, r) in prompts.iter().zip(results) {
@@ -287,7 +295,9 @@ pub async fn resolve_scenarios(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Re
 fn opening_messages(cfg: &EvalConfig, s: &Scenario) -> Vec<ChatMessage> {
     let mut m = Vec::new();
     match &cfg.system_prompt {
-        SystemPrompt::Default => m.push(ChatMessage::system(default_system_prompt(s.language, s.domain))),
+        SystemPrompt::Default => m.push(ChatMessage::system(default_system_prompt(
+            s.language, s.domain,
+        ))),
         SystemPrompt::Custom(t) => m.push(ChatMessage::system(t.clone())),
         SystemPrompt::None => {}
     }
@@ -310,7 +320,9 @@ pub fn turn_mode_history(cfg: &EvalConfig, s: &Scenario, t: usize) -> Vec<ChatMe
 pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResults, EvalError> {
     cfg.validate()?;
     for m in &cfg.models {
-        env.pool.identity(m).map_err(|e| EvalError::Model(e.to_string()))?;
+        env.pool
+            .identity(m)
+            .map_err(|e| EvalError::Model(e.to_string()))?;
     }
     let scenarios = resolve_scenarios(cfg, calls, env).await?;
     let sim = env.simulator.as_ref();
@@ -358,7 +370,8 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
             }
         }
     }
-    env.progress.set_length((2 * convs.len() + 2 * tms.len()) as u64);
+    env.progress
+        .set_length((2 * convs.len() + 2 * tms.len()) as u64);
     env.progress.set_position(0);
 
     let mut futs: FuturesUnordered<BoxFuture<'_, Event>> = FuturesUnordered::new();
@@ -371,7 +384,10 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
     loop {
         // Advance to the next model when this one has nothing left to generate.
         while current < cfg.models.len() {
-            let convs_done = convs.iter().filter(|c| c.model == current).all(|c| c.state == State::Done);
+            let convs_done = convs
+                .iter()
+                .filter(|c| c.model == current)
+                .all(|c| c.state == State::Done);
             let tms_done = tms
                 .iter()
                 .enumerate()
@@ -382,12 +398,20 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
             }
             let name = &cfg.models[current];
             if !env.keep_loaded.contains(name) {
-                env.pool.unload(name).await.map_err(|e| EvalError::Model(e.to_string()))?;
+                env.pool
+                    .unload(name)
+                    .await
+                    .map_err(|e| EvalError::Model(e.to_string()))?;
             }
             current += 1;
         }
         if current < cfg.models.len() {
-            env.progress.set_message(format!("model {}/{}: {}", current + 1, cfg.models.len(), cfg.models[current]));
+            env.progress.set_message(format!(
+                "model {}/{}: {}",
+                current + 1,
+                cfg.models.len(),
+                cfg.models[current]
+            ));
         }
 
         // One batch with every ready model turn of the current model.
@@ -398,14 +422,20 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                 if c.model == current && c.state == State::NeedModel && !c.busy {
                     c.busy = true;
                     slots.push(Slot::Conv(i));
-                    reqs.push(GenRequest { messages: c.rec.messages.clone(), params: cfg.generation.clone() });
+                    reqs.push(GenRequest {
+                        messages: c.rec.messages.clone(),
+                        params: cfg.generation.clone(),
+                    });
                 }
             }
             for (i, (_, r)) in tms.iter().enumerate() {
                 if r.model == cfg.models[current] && !tm_started[i] {
                     tm_started[i] = true;
                     slots.push(Slot::Turn(i));
-                    reqs.push(GenRequest { messages: r.history.clone(), params: cfg.generation.clone() });
+                    reqs.push(GenRequest {
+                        messages: r.history.clone(),
+                        params: cfg.generation.clone(),
+                    });
                 }
             }
             if !reqs.is_empty() {
@@ -427,7 +457,10 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                 let messages = c.rec.messages.clone();
                 let already = c.rec.disclosed.clone();
                 futs.push(Box::pin(async move {
-                    Event::Patient(i, patient::reply(calls, sim, s, &messages, &already, seed).await)
+                    Event::Patient(
+                        i,
+                        patient::reply(calls, sim, s, &messages, &already, seed).await,
+                    )
                 }));
             }
         }
@@ -437,7 +470,10 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                 break;
             }
             // Nothing in flight but the current model is not done: cannot happen; fail loudly.
-            return Err(EvalError::Model(format!("the evaluation of {} stalled", cfg.models[current])));
+            return Err(EvalError::Model(format!(
+                "the evaluation of {} stalled",
+                cfg.models[current]
+            )));
         };
         match ev {
             Event::Model(items) => {
@@ -452,8 +488,11 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                             c.busy = false;
                             match res {
                                 Ok(out) => {
-                                    c.rec.messages.push(ChatMessage::assistant(out.text.clone()));
-                                    let concluded = cfg.stop_on_conclusion && !asks_question(&out.text);
+                                    c.rec
+                                        .messages
+                                        .push(ChatMessage::assistant(out.text.clone()));
+                                    let concluded =
+                                        cfg.stop_on_conclusion && !asks_question(&out.text);
                                     c.rec.turns.push(TurnRecord {
                                         reply: out.text,
                                         finish_reason: out.finish_reason,
@@ -462,7 +501,11 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                                         patient: None,
                                     });
                                     if concluded || c.rec.turns.len() >= cfg.max_turns {
-                                        c.rec.end = if concluded { End::Concluded } else { End::MaxTurns };
+                                        c.rec.end = if concluded {
+                                            End::Concluded
+                                        } else {
+                                            End::MaxTurns
+                                        };
                                         finish(c, i, cfg, calls, jud, &scenarios, &futs);
                                         env.progress.inc(1);
                                     } else {
@@ -472,7 +515,12 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                                 Err(e) => {
                                     calls.fail(
                                         Role::Model,
-                                        format!("{} turn {} of {}", c.rec.model, c.rec.turns.len() + 1, c.rec.scenario),
+                                        format!(
+                                            "{} turn {} of {}",
+                                            c.rec.model,
+                                            c.rec.turns.len() + 1,
+                                            c.rec.scenario
+                                        ),
                                         &e,
                                     );
                                     fail(c, e);
@@ -496,7 +544,9 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                                             calls,
                                             jud,
                                             s,
-                                            Target::Turn { messages: &messages },
+                                            Target::Turn {
+                                                messages: &messages,
+                                            },
                                             repeats,
                                             seed,
                                         )
@@ -507,7 +557,10 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                                 Err(e) => {
                                     calls.fail(
                                         Role::Model,
-                                        format!("{} teacher-forced turn {} of {}", r.model, r.turn, r.scenario),
+                                        format!(
+                                            "{} teacher-forced turn {} of {}",
+                                            r.model, r.turn, r.scenario
+                                        ),
                                         &e,
                                     );
                                     r.error = Some(e.to_string());
@@ -537,7 +590,12 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                     Err(e) => {
                         calls.fail(
                             Role::Simulator,
-                            format!("patient reply {} of {} / {}", c.rec.turns.len(), c.rec.scenario, c.rec.model),
+                            format!(
+                                "patient reply {} of {} / {}",
+                                c.rec.turns.len(),
+                                c.rec.scenario,
+                                c.rec.model
+                            ),
                             &e,
                         );
                         fail(c, e);
@@ -552,7 +610,12 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                     Ok(v) => c.rec.turns[t].verdict = Some(v),
                     Err(e) => calls.fail(
                         Role::Judge,
-                        format!("judge turn {} of {} / {}", t + 1, c.rec.scenario, c.rec.model),
+                        format!(
+                            "judge turn {} of {} / {}",
+                            t + 1,
+                            c.rec.scenario,
+                            c.rec.model
+                        ),
                         e,
                     ),
                 }
@@ -563,9 +626,11 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                 env.progress.inc(1);
                 match res {
                     Ok(v) => c.rec.verdict = Some(v),
-                    Err(e) => {
-                        calls.fail(Role::Judge, format!("judge dialogue {} / {}", c.rec.scenario, c.rec.model), e)
-                    }
+                    Err(e) => calls.fail(
+                        Role::Judge,
+                        format!("judge dialogue {} / {}", c.rec.scenario, c.rec.model),
+                        e,
+                    ),
                 }
             }
             Event::TurnModeVerdict(i, res) => {
@@ -576,7 +641,10 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                     Err(e) => {
                         calls.fail(
                             Role::Judge,
-                            format!("judge teacher-forced turn {} of {} / {}", r.turn, r.scenario, r.model),
+                            format!(
+                                "judge teacher-forced turn {} of {} / {}",
+                                r.turn, r.scenario, r.model
+                            ),
                             &e,
                         );
                         r.error = Some(e.to_string());
@@ -589,7 +657,11 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
     debug_assert!(convs.iter().all(|c| c.judging == 0));
 
     let dialogues: Vec<DialogueRecord> = convs.into_iter().map(|c| c.rec).collect();
-    let pairs = if cfg.pairwise { pairwise(cfg, calls, jud, &scenarios, &dialogues, env).await } else { Vec::new() };
+    let pairs = if cfg.pairwise {
+        pairwise(cfg, calls, jud, &scenarios, &dialogues, env).await
+    } else {
+        Vec::new()
+    };
     env.progress.finish_and_clear();
     Ok(RunResults {
         scenarios,
@@ -625,13 +697,29 @@ fn finish<'a>(
     let seed = cfg.generation.seed;
     if cfg.judge_turns {
         // The messages up to and including each model turn.
-        let assistant_at: Vec<usize> =
-            c.rec.messages.iter().enumerate().filter(|(_, m)| m.role == ChatRole::Assistant).map(|(k, _)| k).collect();
+        let assistant_at: Vec<usize> = c
+            .rec
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == ChatRole::Assistant)
+            .map(|(k, _)| k)
+            .collect();
         for (t, &k) in assistant_at.iter().enumerate() {
             let messages = c.rec.messages[..=k].to_vec();
             c.judging += 1;
             futs.push(Box::pin(async move {
-                let v = judge::judge(calls, jud, s, Target::Turn { messages: &messages }, repeats, seed).await;
+                let v = judge::judge(
+                    calls,
+                    jud,
+                    s,
+                    Target::Turn {
+                        messages: &messages,
+                    },
+                    repeats,
+                    seed,
+                )
+                .await;
                 Event::TurnVerdict(i, t, v)
             }));
         }
@@ -639,7 +727,17 @@ fn finish<'a>(
     let messages = c.rec.messages.clone();
     c.judging += 1;
     futs.push(Box::pin(async move {
-        let v = judge::judge(calls, jud, s, Target::Dialogue { messages: &messages }, repeats, seed).await;
+        let v = judge::judge(
+            calls,
+            jud,
+            s,
+            Target::Dialogue {
+                messages: &messages,
+            },
+            repeats,
+            seed,
+        )
+        .await;
         Event::DialogueVerdict(i, v)
     }));
 }
@@ -653,7 +751,11 @@ async fn pairwise(
     env: &Env,
 ) -> Vec<PairRecord> {
     env.progress.set_message("pairwise judging");
-    let find = |m: &str, s: &str| dialogues.iter().find(|d| d.model == m && d.scenario == s && d.end != End::Failed);
+    let find = |m: &str, s: &str| {
+        dialogues
+            .iter()
+            .find(|d| d.model == m && d.scenario == s && d.end != End::Failed)
+    };
     let mut jobs = Vec::new();
     for (i, a) in cfg.models.iter().enumerate() {
         for b in cfg.models.iter().skip(i + 1) {
@@ -673,10 +775,20 @@ async fn pairwise(
         )
         .await;
         let what = format!("pairwise {a} vs {b} on {}", s.id);
-        let ab = ab.map_err(|e| calls.fail(Role::Judge, format!("{what} (A first)"), e)).ok();
-        let ba = ba.map_err(|e| calls.fail(Role::Judge, format!("{what} (B first)"), e)).ok();
+        let ab = ab
+            .map_err(|e| calls.fail(Role::Judge, format!("{what} (A first)"), e))
+            .ok();
+        let ba = ba
+            .map_err(|e| calls.fail(Role::Judge, format!("{what} (B first)"), e))
+            .ok();
         env.progress.inc(1);
-        PairRecord { a: a.clone(), b: b.clone(), scenario: s.id.clone(), a_first: ab, b_first: ba.map(|x| 1.0 - x) }
+        PairRecord {
+            a: a.clone(),
+            b: b.clone(),
+            scenario: s.id.clone(),
+            a_first: ab,
+            b_first: ba.map(|x| 1.0 - x),
+        }
     });
     futures_util::future::join_all(futs).await
 }

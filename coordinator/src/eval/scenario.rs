@@ -134,8 +134,9 @@ impl Scenario {
 pub fn parse_scenarios(text: &str, origin: &str) -> Result<Vec<Scenario>, EvalError> {
     let trimmed = text.trim_start();
     let scenarios: Vec<Scenario> = if trimmed.starts_with('[') {
-        serde_json::from_str(trimmed)
-            .map_err(|e| EvalError::Scenarios(format!("{origin}: not a JSON array of scenarios: {e}")))?
+        serde_json::from_str(trimmed).map_err(|e| {
+            EvalError::Scenarios(format!("{origin}: not a JSON array of scenarios: {e}"))
+        })?
     } else {
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -144,7 +145,8 @@ pub fn parse_scenarios(text: &str, origin: &str) -> Result<Vec<Scenario>, EvalEr
                 continue;
             }
             out.push(
-                serde_json::from_str(l).map_err(|e| EvalError::Scenarios(format!("{origin} line {}: {e}", n + 1)))?,
+                serde_json::from_str(l)
+                    .map_err(|e| EvalError::Scenarios(format!("{origin} line {}: {e}", n + 1)))?,
             );
         }
         out
@@ -167,7 +169,8 @@ pub fn check_set(scenarios: &[Scenario]) -> Result<(), String> {
 
 /// The built-in set.
 pub fn builtin() -> Vec<Scenario> {
-    parse_scenarios(BUILTIN_JSONL, "built-in scenarios").expect("the built-in scenario set is valid (tested)")
+    parse_scenarios(BUILTIN_JSONL, "built-in scenarios")
+        .expect("the built-in scenario set is valid (tested)")
 }
 
 /// `builtin` or a file path.
@@ -176,8 +179,9 @@ pub fn load(source: &str) -> Result<Vec<Scenario>, EvalError> {
         return Ok(builtin());
     }
     let path = Path::new(source);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| EvalError::Scenarios(format!("cannot read scenario file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        EvalError::Scenarios(format!("cannot read scenario file {}: {e}", path.display()))
+    })?;
     parse_scenarios(&text, &path.display().to_string())
 }
 
@@ -212,12 +216,17 @@ impl Selection {
             }
             out
         };
-        picked.retain(|s| self.language.is_none_or(|l| s.language == l) && self.domain.is_none_or(|d| s.domain == d));
+        picked.retain(|s| {
+            self.language.is_none_or(|l| s.language == l)
+                && self.domain.is_none_or(|d| s.domain == d)
+        });
         if let Some(n) = self.limit {
             picked.truncate(n);
         }
         if picked.is_empty() {
-            return Err(EvalError::Scenarios("the selection left no scenario to run".into()));
+            return Err(EvalError::Scenarios(
+                "the selection left no scenario to run".into(),
+            ));
         }
         Ok(picked)
     }
@@ -231,7 +240,11 @@ mod tests {
     fn the_builtin_set_is_balanced_and_holds_the_seed_openings() {
         let all = builtin();
         assert!(all.len() >= 40, "{}", all.len());
-        let count = |l: Language, d: Domain| all.iter().filter(|s| s.language == l && s.domain == d).count();
+        let count = |l: Language, d: Domain| {
+            all.iter()
+                .filter(|s| s.language == l && s.domain == d)
+                .count()
+        };
         for l in [Language::Zh, Language::En] {
             for d in [Domain::Medical, Domain::Psychological] {
                 assert_eq!(count(l, d), all.len() / 4, "{l:?} {d:?}");
@@ -240,13 +253,20 @@ mod tests {
         for opening in ["我最近总是失眠", "我头疼"] {
             assert!(all.iter().any(|s| s.opening == opening), "{opening}");
         }
-        let flagged: Vec<_> = all.iter().filter(|s| s.red_flags().next().is_some()).collect();
+        let flagged: Vec<_> = all
+            .iter()
+            .filter(|s| s.red_flags().next().is_some())
+            .collect();
         assert!(flagged.len() >= 10);
         assert!(flagged.iter().any(|s| s.id == "en-med-chest-pain"));
         assert!(flagged.iter().any(|s| s.id == "zh-psy-depressed"));
         for s in &all {
             assert_eq!(Language::detect(&s.opening), s.language, "{}", s.id);
-            assert!(s.profile.facts.iter().all(|f| !f.question.is_empty()), "{}", s.id);
+            assert!(
+                s.profile.facts.iter().all(|f| !f.question.is_empty()),
+                "{}",
+                s.id
+            );
         }
     }
 
@@ -256,18 +276,28 @@ mod tests {
         let text = format!("# comment\n\n{one}\n");
         assert_eq!(parse_scenarios(&text, "f").unwrap().len(), 1);
         assert_eq!(parse_scenarios(&format!("[{one}]"), "f").unwrap().len(), 1);
-        let e = parse_scenarios(&format!("{one}\n{{\"id\": 3}}\n"), "my.jsonl").unwrap_err().to_string();
+        let e = parse_scenarios(&format!("{one}\n{{\"id\": 3}}\n"), "my.jsonl")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("my.jsonl line 2"), "{e}");
-        let e = parse_scenarios(&format!("{one}\n{one}\n"), "f").unwrap_err().to_string();
+        let e = parse_scenarios(&format!("{one}\n{one}\n"), "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("twice"), "{e}");
     }
 
     #[test]
     fn selection_by_ids_filters_and_limit() {
         let all = builtin();
-        let s = Selection { ids: vec!["zh-med-headache".into(), "en-med-chest-pain".into()], ..Default::default() };
+        let s = Selection {
+            ids: vec!["zh-med-headache".into(), "en-med-chest-pain".into()],
+            ..Default::default()
+        };
         let got = s.apply(all.clone()).unwrap();
-        assert_eq!(got.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["zh-med-headache", "en-med-chest-pain"]);
+        assert_eq!(
+            got.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["zh-med-headache", "en-med-chest-pain"]
+        );
         let s = Selection {
             language: Some(Language::En),
             domain: Some(Domain::Psychological),
@@ -276,8 +306,16 @@ mod tests {
         };
         let got = s.apply(all.clone()).unwrap();
         assert_eq!(got.len(), 3);
-        assert!(got.iter().all(|s| s.language == Language::En && s.domain == Domain::Psychological));
-        let e = Selection { ids: vec!["nope".into()], ..Default::default() }.apply(all).unwrap_err().to_string();
+        assert!(got
+            .iter()
+            .all(|s| s.language == Language::En && s.domain == Domain::Psychological));
+        let e = Selection {
+            ids: vec!["nope".into()],
+            ..Default::default()
+        }
+        .apply(all)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("nope") && e.contains("zh-med-headache"), "{e}");
     }
 }

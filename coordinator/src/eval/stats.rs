@@ -69,14 +69,25 @@ pub fn bootstrap(xs: &[f64], resamples: usize, seed: u64) -> Option<Estimate> {
     }
     let m = mean(xs);
     if xs.len() == 1 || resamples == 0 {
-        return Some(Estimate { mean: m, lo: m, hi: m, n: xs.len() });
+        return Some(Estimate {
+            mean: m,
+            lo: m,
+            hi: m,
+            n: xs.len(),
+        });
     }
     let mut rng = SplitMix64::new(seed);
-    let mut means: Vec<f64> =
-        (0..resamples).map(|_| (0..xs.len()).map(|_| xs[rng.below(xs.len())]).sum::<f64>() / xs.len() as f64).collect();
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..xs.len()).map(|_| xs[rng.below(xs.len())]).sum::<f64>() / xs.len() as f64)
+        .collect();
     means.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    Some(Estimate { mean: m, lo: at(0.025), hi: at(0.975), n: xs.len() })
+    Some(Estimate {
+        mean: m,
+        lo: at(0.025),
+        hi: at(0.975),
+        n: xs.len(),
+    })
 }
 
 /// Outcome of a paired comparison: 1 win, 0.5 tie (|a - b| <= `tie`), 0 loss.
@@ -102,8 +113,19 @@ mod tests {
         assert!(a.lo < a.mean && a.mean < a.hi, "{a:?}");
         assert!(a.lo >= 1.0 && a.hi <= 5.0);
         let ys = [1.13, 2.37, 3.91, 4.05, 4.8, 2.21, 3.31];
-        assert_ne!(bootstrap(&ys, 200, 7).unwrap(), bootstrap(&ys, 200, 8).unwrap());
-        assert_eq!(bootstrap(&[3.0], 100, 1).unwrap(), Estimate { mean: 3.0, lo: 3.0, hi: 3.0, n: 1 });
+        assert_ne!(
+            bootstrap(&ys, 200, 7).unwrap(),
+            bootstrap(&ys, 200, 8).unwrap()
+        );
+        assert_eq!(
+            bootstrap(&[3.0], 100, 1).unwrap(),
+            Estimate {
+                mean: 3.0,
+                lo: 3.0,
+                hi: 3.0,
+                n: 1
+            }
+        );
         assert!(bootstrap(&[], 100, 1).is_none());
     }
 
@@ -112,7 +134,14 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&mut []).is_nan());
-        assert_eq!((outcome(4.0, 3.0, 0.0), outcome(3.0, 3.0, 0.0), outcome(2.0, 3.0, 0.0)), (1.0, 0.5, 0.0));
+        assert_eq!(
+            (
+                outcome(4.0, 3.0, 0.0),
+                outcome(3.0, 3.0, 0.0),
+                outcome(2.0, 3.0, 0.0)
+            ),
+            (1.0, 0.5, 0.0)
+        );
     }
 
     #[test]

@@ -50,8 +50,12 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> EvalError + '_ {
 impl Store {
     /// Opens (creating if needed) the store of a run directory.
     pub fn open(dir: &Path) -> Result<Self, EvalError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| EvalError::Store(format!("cannot create run directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            EvalError::Store(format!(
+                "cannot create run directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let path = dir.join(STORE_FILE);
         let conn = Connection::open(&path).map_err(db_err(&path))?;
         // WAL: each commit is one append; a killed process leaves every committed call readable.
@@ -70,7 +74,10 @@ impl Store {
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(db_err(&path))?;
-        Ok(Self { path, conn: Mutex::new(conn) })
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -86,13 +93,19 @@ impl Store {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, EvalError> {
         let text: Option<String> = self
             .conn()
-            .query_row("SELECT response FROM calls WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row(
+                "SELECT response FROM calls WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db_err(&self.path))?;
         match text {
             None => Ok(None),
             Some(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
-                EvalError::Store(format!("stored call {key} does not parse ({e}); delete the run directory"))
+                EvalError::Store(format!(
+                    "stored call {key} does not parse ({e}); delete the run directory"
+                ))
             }),
         }
     }
@@ -107,7 +120,10 @@ impl Store {
         response: &impl Serialize,
     ) -> Result<(), EvalError> {
         let response = serde_json::to_string(response).expect("responses serialize");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.conn()
             .execute(
                 "INSERT OR IGNORE INTO calls (key, kind, actor, request, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -122,7 +138,11 @@ impl Store {
     pub fn count(&self, kind: Option<&str>) -> Result<u64, EvalError> {
         let conn = self.conn();
         let n: i64 = match kind {
-            Some(k) => conn.query_row("SELECT COUNT(*) FROM calls WHERE kind = ?1", params![k], |r| r.get(0)),
+            Some(k) => conn.query_row(
+                "SELECT COUNT(*) FROM calls WHERE kind = ?1",
+                params![k],
+                |r| r.get(0),
+            ),
             None => conn.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0)),
         }
         .map_err(db_err(&self.path))?;
@@ -143,11 +163,16 @@ impl Store {
     pub fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, EvalError> {
         let text: Option<String> = self
             .conn()
-            .query_row("SELECT value FROM meta WHERE name = ?1", params![name], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db_err(&self.path))?;
         text.map(|t| {
-            serde_json::from_str(&t).map_err(|e| EvalError::Store(format!("meta '{name}' does not parse: {e}")))
+            serde_json::from_str(&t)
+                .map_err(|e| EvalError::Store(format!("meta '{name}' does not parse: {e}")))
         })
         .transpose()
     }
@@ -161,7 +186,14 @@ mod tests {
     #[test]
     fn keys_depend_on_every_input_and_not_on_map_order() {
         let a = call_key("chat", "m", &json!({"x": 1, "y": [1, 2]}));
-        assert_eq!(a, call_key("chat", "m", &serde_json::from_str(r#"{"y": [1, 2], "x": 1}"#).unwrap()));
+        assert_eq!(
+            a,
+            call_key(
+                "chat",
+                "m",
+                &serde_json::from_str(r#"{"y": [1, 2], "x": 1}"#).unwrap()
+            )
+        );
         assert_ne!(a, call_key("chat", "m2", &json!({"x": 1, "y": [1, 2]})));
         assert_ne!(a, call_key("judge", "m", &json!({"x": 1, "y": [1, 2]})));
         assert_ne!(a, call_key("chat", "m", &json!({"x": 2, "y": [1, 2]})));
@@ -175,8 +207,10 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             assert_eq!(s.get::<String>(&key).unwrap(), None);
-            s.put(&key, "chat", "m", &json!({"q": "hi"}), &"hello").unwrap();
-            s.put(&key, "chat", "m", &json!({"q": "hi"}), &"second").unwrap();
+            s.put(&key, "chat", "m", &json!({"q": "hi"}), &"hello")
+                .unwrap();
+            s.put(&key, "chat", "m", &json!({"q": "hi"}), &"second")
+                .unwrap();
             s.set_meta("run", &json!({"a": 1})).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
