@@ -169,14 +169,15 @@ impl ModelConfig {
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"));
         }
-        let head_dim =
-            match hf.head_dim {
-                Some(d) => d,
-                None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-                None => return Err(format!(
+        let head_dim = match hf.head_dim {
+            Some(d) => d,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => {
+                return Err(format!(
                     "hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}"
-                )),
-            };
+                ))
+            }
+        };
         if head_dim % 2 != 0 {
             return Err(format!(
                 "head_dim {head_dim} must be even for rotary embeddings"
