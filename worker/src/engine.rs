@@ -334,40 +334,17 @@ impl Engine {
 
     /// Whether a sequence is done after its last token, and its output if so.
     fn finished(&self, a: &Active, prompt_len: usize) -> Result<Option<GenerateOutput>> {
-        let last = *a.generated.last().expect("at least one token");
-        let done = |reason, text: String| {
-            Ok(Some(GenerateOutput {
-                text,
-                token_ids: a.generated.clone(),
-                prompt_token_ids: Vec::new(),
-                finish_reason: reason,
-            }))
-        };
-        if self.cfg.eos_token_ids.contains(&last) {
-            return done(
-                FinishReason::Eos,
-                self.decode(&a.generated[..a.generated.len() - 1])?,
-            );
-        }
-        if !a.params.stop.is_empty() {
-            let text = self.decode(&a.generated)?;
-            if let Some(cut) = a
-                .params
-                .stop
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                return done(FinishReason::Stop, text[..cut].to_string());
-            }
-        }
-        if a.generated.len() >= a.params.max_new_tokens {
-            return done(FinishReason::Length, self.decode(&a.generated)?);
-        }
-        if prompt_len + a.generated.len() >= self.context_len() {
-            return done(FinishReason::ContextFull, self.decode(&a.generated)?);
-        }
-        Ok(None)
+        let total = prompt_len + a.generated.len();
+        Ok(
+            finish_check(&self.cfg, &self.tokenizer, &a.params, &a.generated, total)?.map(
+                |(finish_reason, text)| GenerateOutput {
+                    text,
+                    token_ids: a.generated.clone(),
+                    prompt_token_ids: Vec::new(),
+                    finish_reason,
+                },
+            ),
+        )
     }
 
     /// Times one prefill of `batch` prompts of `prompt_len` tokens and `new_tokens` greedy decode
@@ -430,6 +407,45 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         self.generate(&reqs)
     }
+}
+
+/// The finish rules shared by the engine and the cluster pipeline, checked after each new token:
+/// an eos id (the text excludes it), a stop string (the text is cut before it), `max_new_tokens`,
+/// or the context window (`total_len` = prompt + generated tokens). Returns the reason and the text.
+pub fn finish_check(
+    cfg: &ModelConfig,
+    tok: &ChatTokenizer,
+    params: &GenerationParams,
+    generated: &[u32],
+    total_len: usize,
+) -> Result<Option<(FinishReason, String)>> {
+    let Some(&last) = generated.last() else {
+        return Ok(None);
+    };
+    if cfg.eos_token_ids.contains(&last) {
+        return Ok(Some((
+            FinishReason::Eos,
+            tok.decode(&generated[..generated.len() - 1])?,
+        )));
+    }
+    if !params.stop.is_empty() {
+        let text = tok.decode(generated)?;
+        if let Some(cut) = params
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            return Ok(Some((FinishReason::Stop, text[..cut].to_string())));
+        }
+    }
+    if generated.len() >= params.max_new_tokens {
+        return Ok(Some((FinishReason::Length, tok.decode(generated)?)));
+    }
+    if total_len >= cfg.max_position_embeddings {
+        return Ok(Some((FinishReason::ContextFull, tok.decode(generated)?)));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

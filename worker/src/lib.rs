@@ -15,7 +15,8 @@ pub mod stage;
 pub use chat::ChatTokenizer;
 pub use device::{ComputeDtype, DeviceSpec};
 pub use engine::{
-    split_layers, Engine, GenerateOutput, GenerateRequest, LoadOptions, LoadReport, StepTimings,
+    finish_check, split_layers, Engine, GenerateOutput, GenerateRequest, LoadOptions, LoadReport,
+    StepTimings,
 };
 pub use error::EngineError;
 pub use stage::{HostStageInput, HostStageOutput, LoadedStage, SeqCache};

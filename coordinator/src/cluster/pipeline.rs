@@ -21,7 +21,7 @@ use ibench_shared::hf::ModelConfig;
 use ibench_shared::placement::{
     self, weight_bits, ModelDemand, ModelSource, PlacementOptions, StageSpec,
 };
-use ibench_shared::{FinishReason, GenerationParams, Quantization};
+use ibench_shared::{GenerationParams, Quantization};
 use ibench_worker::sampling::{log_softmax, Sampler};
 use ibench_worker::{ChatTokenizer, GenerateOutput, GenerateRequest};
 use tonic::Request;
@@ -654,49 +654,26 @@ impl Pipeline {
             .collect())
     }
 
-    /// The finish rules of the engine: eos, stop strings, max_new_tokens, the context window.
+    /// The engine's finish rules ([`ibench_worker::finish_check`]).
     fn finished(&self, s: &Seq) -> Result<Option<GenerateOutput>, ClusterError> {
         let generated = s.generated();
-        let last = *generated.last().expect("at least one token");
-        let decode = |ids: &[u32]| {
-            self.tokenizer.decode(ids).map_err(|e| ClusterError::Model {
-                model: self.model.clone(),
-                why: e.to_string(),
-            })
-        };
-        let done = |reason, text: String| {
-            Ok(Some(GenerateOutput {
-                text,
-                token_ids: generated.to_vec(),
-                prompt_token_ids: s.tokens[..s.prompt_len].to_vec(),
-                finish_reason: reason,
-            }))
-        };
-        if self.cfg.eos_token_ids.contains(&last) {
-            return done(
-                FinishReason::Eos,
-                decode(&generated[..generated.len() - 1])?,
-            );
-        }
-        if !s.params.stop.is_empty() {
-            let text = decode(generated)?;
-            if let Some(cut) = s
-                .params
-                .stop
-                .iter()
-                .filter_map(|x| text.find(x.as_str()))
-                .min()
-            {
-                return done(FinishReason::Stop, text[..cut].to_string());
-            }
-        }
-        if generated.len() >= s.params.max_new_tokens {
-            return done(FinishReason::Length, decode(generated)?);
-        }
-        if s.tokens.len() >= self.cfg.max_position_embeddings {
-            return done(FinishReason::ContextFull, decode(generated)?);
-        }
-        Ok(None)
+        let done = ibench_worker::finish_check(
+            &self.cfg,
+            &self.tokenizer,
+            &s.params,
+            generated,
+            s.tokens.len(),
+        )
+        .map_err(|e| ClusterError::Model {
+            model: self.model.clone(),
+            why: e.to_string(),
+        })?;
+        Ok(done.map(|(finish_reason, text)| GenerateOutput {
+            text,
+            token_ids: generated.to_vec(),
+            prompt_token_ids: s.tokens[..s.prompt_len].to_vec(),
+            finish_reason,
+        }))
     }
 
     /// log-softmax over the vocabulary for the token after each prompt.

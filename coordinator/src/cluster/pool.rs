@@ -250,28 +250,6 @@ async fn generate(
 
 /// The token ids a choice can start with: the choice alone and after a space, where either is a
 /// single token; else the first token of the choice (the in-process pool's rule).
-fn choice_token_ids(p: &Pipeline, choice: &str) -> Result<Vec<u32>, String> {
-    let mut ids = Vec::new();
-    for variant in [choice.to_string(), format!(" {choice}")] {
-        let enc = p.tokenizer().encode(&variant).map_err(|e| e.to_string())?;
-        if enc.len() == 1 && !ids.contains(&enc[0]) {
-            ids.push(enc[0]);
-        }
-    }
-    if ids.is_empty() {
-        ids.extend(
-            p.tokenizer()
-                .encode(choice)
-                .map_err(|e| e.to_string())?
-                .first()
-                .copied(),
-        );
-    }
-    if ids.is_empty() {
-        return Err(format!("the choice '{choice}' encodes to no token"));
-    }
-    Ok(ids)
-}
 
 async fn choose(p: &mut Pipeline, reqs: &[ChoiceRequest]) -> Result<Vec<Vec<f32>>, String> {
     let mut prompts = Vec::with_capacity(reqs.len());
@@ -295,7 +273,7 @@ async fn choose(p: &mut Pipeline, reqs: &[ChoiceRequest]) -> Result<Vec<Vec<f32>
             r.choices
                 .iter()
                 .map(|c| {
-                    let vals: Vec<f32> = choice_token_ids(p, c)?
+                    let vals: Vec<f32> = crate::eval::pool::choice_token_ids(p.tokenizer(), c)?
                         .iter()
                         .filter_map(|&i| lp.get(i as usize).copied())
                         .collect();

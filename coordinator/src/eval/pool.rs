@@ -395,17 +395,20 @@ fn run_batch(
 }
 
 /// The token ids a choice can start with: the choice alone and after a space, where either is a
-/// single token; else the first token of the choice.
-fn choice_token_ids(engine: &Engine, choice: &str) -> Result<Vec<u32>, String> {
+/// single token; else the first token of the choice. Shared by the in-process and cluster pools.
+pub fn choice_token_ids(
+    tok: &ibench_worker::ChatTokenizer,
+    choice: &str,
+) -> Result<Vec<u32>, String> {
     let mut ids = Vec::new();
     for variant in [choice.to_string(), format!(" {choice}")] {
-        let enc = engine.encode(&variant).map_err(|e| e.to_string())?;
+        let enc = tok.encode(&variant).map_err(|e| e.to_string())?;
         if enc.len() == 1 && !ids.contains(&enc[0]) {
             ids.push(enc[0]);
         }
     }
     if ids.is_empty() {
-        let enc = engine.encode(choice).map_err(|e| e.to_string())?;
+        let enc = tok.encode(choice).map_err(|e| e.to_string())?;
         ids.extend(enc.first().copied());
     }
     if ids.is_empty() {
@@ -453,7 +456,7 @@ fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, S
             s.choices
                 .iter()
                 .map(|c| {
-                    let ids = choice_token_ids(engine, c)?;
+                    let ids = choice_token_ids(engine.tokenizer(), c)?;
                     let vals: Vec<f32> = ids
                         .iter()
                         .filter_map(|&i| lp.get(i as usize).copied())
