@@ -2,7 +2,7 @@
 //! messages and tonic clients and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["ibench/v1/cluster.proto"];
+    let files = ["ibench/v1/cluster.proto", "ibench/v1/models.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -21,13 +21,18 @@ async fn coordinator() -> (Arc<WorkerRegistry>, String) {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, registry.clone(), std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        registry.clone(),
+        None,
+        std::future::pending(),
+    ));
     (registry, url)
 }
 
 async fn channel(url: &str) -> tonic::transport::Channel {
     // The server task is already listening (bound before it was spawned): connect succeeds.
-    ibench_proto::endpoint(url)
+    ibench_proto::endpoint(url, None)
         .unwrap()
         .connect()
         .await
@@ -83,6 +88,7 @@ async fn a_worker_cannot_be_driven_without_the_token() {
         token: ClusterToken::new(TOKEN).unwrap(),
         registry: None,
         memory_limit: None,
+        tls: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

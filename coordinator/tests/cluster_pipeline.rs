@@ -2,8 +2,9 @@
 //! processes (CPU). tiny-qwen3 split into three stages must give exactly the tokens of the
 //! single-process engine and of transformers (golden.json), also after a worker is killed mid-run.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use ibench_shared::placement::PlacementOptions;
 use ibench_shared::{GenerationParams, Quantization};
 use ibench_worker::{Engine, GenerateRequest, LoadOptions};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Mutex;
 
 const TOKEN: &str = "test-cluster-secret";
@@ -64,33 +65,15 @@ async fn cluster(n: usize) -> Cluster {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, registry.clone(), async {
+    tokio::spawn(serve(listener, registry.clone(), None, async {
         let _ = stopped.await;
     }));
     let dir = tempfile::tempdir().unwrap();
     let mut workers = Vec::new();
     for i in 0..n {
         let name = format!("w{i}");
-        let child = Command::new(env!("CARGO_BIN_EXE_ibench"))
-            .args([
-                "worker",
-                "--coordinator",
-                &url,
-                "--devices",
-                "cpu",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                &name,
-            ])
-            .env("IBENCH_CLUSTER_TOKEN", TOKEN)
-            .env("IBENCH_REGISTRY", dir.path().join("registry.toml"))
-            .env("IBENCH_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let child =
+            common::spawn_worker(&url, &name, TOKEN, &dir.path().join("registry.toml"), &[]);
         workers.push((name, child));
     }
     registry

@@ -82,6 +82,8 @@ pub struct WorkerConfig {
     pub registry: Option<Registry>,
     /// Caps the memory reported per device (and so what the coordinator places here).
     pub memory_limit: Option<u64>,
+    /// Serves with `tls.server`; connects to the coordinator and to next stages with `tls.client`.
+    pub tls: ibench_proto::tls::ClusterTls,
 }
 
 struct StageSlot {
@@ -171,7 +173,7 @@ impl StageServer {
         if let Some(c) = peers.get(address) {
             return Ok(c.clone());
         }
-        let ep = ibench_proto::endpoint(address)
+        let ep = ibench_proto::endpoint(address, self.inner.cfg.tls.client.as_ref())
             .map_err(|e| StageError::BadStep(format!("next hop address {address}: {e}")))?;
         let client =
             ibench_proto::stage_worker_client(ep.connect_lazy(), self.inner.cfg.token.clone());
@@ -504,7 +506,11 @@ pub async fn serve(
         .set_serving::<pb::stage_worker_server::StageWorkerServer<StageServer>>()
         .await;
     let token = server.inner.cfg.token.clone();
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &server.inner.cfg.tls.server {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -534,9 +540,11 @@ pub async fn run_agent(
     advertise: &str,
     server: StageServer,
 ) -> Result<(), AgentError> {
-    let ep = ibench_proto::endpoint(url).map_err(|e| AgentError::BadAddress {
-        url: url.into(),
-        why: e.to_string(),
+    let ep = ibench_proto::endpoint(url, server.inner.cfg.tls.client.as_ref()).map_err(|e| {
+        AgentError::BadAddress {
+            url: url.into(),
+            why: e.to_string(),
+        }
     })?;
     let mut client =
         ibench_proto::coordinator_client(ep.connect_lazy(), server.inner.cfg.token.clone());
@@ -650,6 +658,7 @@ mod tests {
             token: None,
             registry: None,
             memory_limit: None,
+            tls: Default::default(),
         });
         s.load(spec("all", 0..3)).await.unwrap();
         let StepOutput::Tokens(t) = s
@@ -725,6 +734,7 @@ mod tests {
             token: None,
             registry: None,
             memory_limit: Some(1 << 20),
+            tls: Default::default(),
         });
         let e = s
             .load(StageSpec {

@@ -1,10 +1,12 @@
 //! `ibench coordinator` and `ibench worker`: the two processes of a cluster.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use ibench_proto::tls::{ClusterTls, TlsFiles};
 use ibench_proto::ClusterToken;
 use ibench_shared::{ChatMessage, Role};
 use ibench_worker::server::{StageServer, WorkerConfig};
@@ -31,12 +33,55 @@ impl std::fmt::Debug for TokenArgs {
 }
 
 impl TokenArgs {
-    fn token(&self) -> anyhow::Result<Option<ClusterToken>> {
+    pub fn token(&self) -> anyhow::Result<Option<ClusterToken>> {
         let t = ClusterToken::new(self.token.as_deref().unwrap_or_default())?;
         if t.is_none() {
             tracing::warn!("no cluster token: any client that reaches this port can use it (set IBENCH_CLUSTER_TOKEN)");
         }
         Ok(t)
+    }
+}
+
+/// TLS for the cluster's connections (PEM files; see docs/cluster.md). Without them, plain
+/// HTTP/2 with the shared token.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// This process's certificate (served to peers); needs --tls-key and --tls-ca.
+    #[arg(long, env = "IBENCH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, env = "IBENCH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signed the cluster's certificates: peers are checked against it, and a serving
+    /// process with a certificate requires client certificates signed by it (mutual TLS).
+    #[arg(long, env = "IBENCH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Expect this name in peers' certificates instead of the host of their URL.
+    #[arg(long, env = "IBENCH_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            domain: self.tls_domain.clone(),
+        }
+    }
+    /// Server and client settings of a coordinator or worker.
+    pub fn load(&self) -> anyhow::Result<ClusterTls> {
+        Ok(self.files().load()?)
+    }
+    /// Client settings of a process that only connects (`compare`): a CA, and a certificate when
+    /// the coordinator asks for one.
+    pub fn client(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        let f = self.files();
+        if f.is_empty() {
+            return Ok(None);
+        }
+        Ok(f.load()?.client)
     }
 }
 
@@ -51,6 +96,8 @@ pub struct CoordinatorArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// How often workers heartbeat; three missed heartbeats make a worker dead.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
@@ -64,9 +111,25 @@ pub struct CoordinatorArgs {
     pub prompt: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Split the model into at least this many stages (to try a pipeline on small models).
-    #[arg(long, default_value_t = 1)]
+    /// Split every model into at least this many stages (to try a pipeline on small models).
+    #[arg(long, env = "IBENCH_MIN_STAGES", default_value_t = 1)]
     pub min_stages: usize,
+    /// Most sequences of one model decoded together in one pipeline step.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// KV-cache tokens reserved per model when placing it (all its sequences together).
+    #[arg(long, default_value_t = 16_384)]
+    pub kv_tokens: u64,
+    /// Memory left free on every device when placing models, in GiB.
+    #[arg(long, default_value_t = 0.5)]
+    pub reserve_gib: f64,
+    /// Weights and activations dtype of every stage (`f32`, `bf16`); default: bf16 on GPUs,
+    /// f32 on CPUs.
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    pub dtype: Option<String>,
+    /// Re-placements after lost workers one batch may go through before its turns fail.
+    #[arg(long, default_value_t = 3)]
+    pub max_recoveries: usize,
     /// Exit after the smoke run instead of serving on.
     #[arg(long)]
     pub exit_after: bool,
@@ -89,7 +152,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "IBENCH_WORKER_LISTEN", default_value = "0.0.0.0:50061")]
     pub listen: SocketAddr,
     /// The URL the coordinator and other workers reach this worker at; default: the listen
-    /// address, with the hostname for 0.0.0.0.
+    /// address, with the hostname for 0.0.0.0 (https:// with --tls-cert).
     #[arg(long, env = "IBENCH_WORKER_ADVERTISE")]
     pub advertise: Option<String>,
     /// The worker's name in the cluster (stays the same across restarts); default: the hostname
@@ -101,6 +164,8 @@ pub struct WorkerArgs {
     pub memory_limit_gib: Option<f64>,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -108,6 +173,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Resolves on SIGTERM (docker stop, systemd) or Ctrl-C: the processes stop serving and exit 0
+/// instead of being killed after the grace period (as PID 1 in a container, an unhandled
+/// SIGTERM is ignored).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
 }
 
 fn hostname() -> String {
@@ -123,29 +214,43 @@ pub fn coordinator(g: &GlobalArgs, a: CoordinatorArgs) -> anyhow::Result<()> {
     if a.heartbeat_ms == 0 {
         bail!("--heartbeat-ms must be at least 1");
     }
-    let registry = Arc::new(WorkerRegistry::new(
-        token,
-        Duration::from_millis(a.heartbeat_ms),
-    ));
+    if !(a.reserve_gib.is_finite() && a.reserve_gib >= 0.0) {
+        bail!("--reserve-gib must be a number of GiB, 0 or more");
+    }
+    if a.max_batch == 0 || a.min_stages == 0 {
+        bail!("--max-batch and --min-stages must be at least 1");
+    }
+    let tls = a.tls.load()?;
+    let registry =
+        Arc::new(WorkerRegistry::new(token, Duration::from_millis(a.heartbeat_ms)).with_tls(tls));
+    let opts = ClusterOptions {
+        min_stages: a.min_stages,
+        max_batch: a.max_batch,
+        kv_tokens: a.kv_tokens,
+        dtype: a.dtype.clone(),
+        max_recoveries: a.max_recoveries,
+        placement: ibench_shared::placement::PlacementOptions {
+            reserve_bytes: (a.reserve_gib * (1u64 << 30) as f64) as u64,
+        },
+        ..Default::default()
+    };
+    let pool = Arc::new(ClusterPool::new(g.load_registry()?, registry.clone(), opts));
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
         tracing::info!(address = %listener.local_addr()?, "coordinator listening");
+        let models: Arc<dyn ModelPool> = pool.clone();
         let server = tokio::spawn(crate::cluster::serve(
             listener,
             registry.clone(),
-            std::future::pending(),
+            Some(models),
+            shutdown_signal(),
         ));
         if let (Some(n), Some(model), Some(prompt)) = (a.workers, &a.model, &a.prompt) {
             registry
                 .wait_for_workers(n, Duration::from_secs(600))
                 .await?;
-            let opts = ClusterOptions {
-                min_stages: a.min_stages,
-                ..Default::default()
-            };
-            let pool = ClusterPool::new(g.load_registry()?, registry.clone(), opts);
             let params = ibench_shared::GenerationParams {
                 max_new_tokens: a.max_new_tokens,
                 ..Default::default()
@@ -185,11 +290,18 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs) -> anyhow::Result<()> {
         None => None,
     };
     let registry = g.load_registry().ok();
+    let tls = a.tls.load()?;
+    let scheme = if tls.server.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = StageServer::new(WorkerConfig {
         devices,
         token,
         registry,
         memory_limit,
+        tls,
     });
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(a.listen)
@@ -198,9 +310,9 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         let advertise = a.advertise.clone().unwrap_or_else(|| {
             if local.ip().is_unspecified() {
-                format!("http://{}:{}", hostname(), local.port())
+                format!("{scheme}://{}:{}", hostname(), local.port())
             } else {
-                format!("http://{local}")
+                format!("{scheme}://{local}")
             }
         });
         let name = a
@@ -211,7 +323,7 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs) -> anyhow::Result<()> {
         let serving = tokio::spawn(ibench_worker::server::serve(
             listener,
             server.clone(),
-            std::future::pending(),
+            shutdown_signal(),
         ));
         let agent = ibench_worker::server::run_agent(&a.coordinator, &name, &advertise, server);
         tokio::select! {

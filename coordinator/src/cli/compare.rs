@@ -8,6 +8,7 @@ use ibench_shared::GenerationParams;
 use serde::{Deserialize, Serialize};
 
 use super::GlobalArgs;
+use crate::cluster::RemotePool;
 use crate::eval::backend::{
     ApiKey, ChatBackend, LocalBackend, OpenAiBackend, RetryPolicy, DASHSCOPE_BASE,
 };
@@ -103,8 +104,21 @@ pub struct CompareArgs {
     #[arg(long)]
     pub resume: bool,
     /// Run every local model on this device (`cpu`, `cuda:N`) instead of its registry device_map.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "coordinator")]
     pub device: Option<String>,
+    /// Run the models (and `local:` simulators and judges) on the cluster of this coordinator,
+    /// e.g. http://coordinator:50051, instead of in this process. Model names are resolved in the
+    /// coordinator's registry; results are the same as in one process.
+    #[arg(long, env = "IBENCH_COORDINATOR")]
+    pub coordinator: Option<String>,
+    #[command(flatten)]
+    pub token: super::cluster::TokenArgs,
+    #[command(flatten)]
+    pub tls: super::cluster::TlsArgs,
+    /// Models under test evaluated at the same time (default: 1 in one process, all of them
+    /// with --coordinator, where the cluster places them side by side).
+    #[arg(long)]
+    pub concurrent_models: Option<usize>,
     /// Seconds per HTTP try.
     #[arg(long, default_value_t = 120.0)]
     pub http_timeout: f64,
@@ -304,29 +318,54 @@ pub fn run(g: &GlobalArgs, a: CompareArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let pool: Arc<dyn ModelPool> = Arc::new(InProcessPool::new(g.load_registry()?, device));
-    let key = a.api_key.as_ref();
-    let simulator = backend(&run.simulator, &run, key, &pool, "simulator")?;
-    let judge = backend(&run.judge, &run, key, &pool, "judge")?;
-    let keep_loaded = [&run.simulator, &run.judge]
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let local_roles: Vec<String> = [&run.simulator, &run.judge]
         .iter()
         .filter_map(|s| s.strip_prefix("local:"))
         .map(String::from)
         .collect();
+    let pool: Arc<dyn ModelPool> = match &a.coordinator {
+        None => Arc::new(InProcessPool::new(g.load_registry()?, device)),
+        Some(url) => {
+            let remote = rt.block_on(async {
+                let tls = a.tls.client()?;
+                let channel = ibench_proto::connect(url, tls.as_ref())
+                    .await
+                    .with_context(|| format!("connecting to the coordinator at {url}"))?;
+                let remote =
+                    RemotePool::new(ibench_proto::models_client(channel, a.token.token()?), url);
+                let mut names = run.config.models.clone();
+                names.extend(local_roles.iter().cloned());
+                remote.describe(&names).await?;
+                anyhow::Ok(remote)
+            })?;
+            tracing::info!(coordinator = %url, "models run on the cluster");
+            Arc::new(remote)
+        }
+    };
+    let concurrent_models = match (a.concurrent_models, &a.coordinator) {
+        (Some(0), _) => bail!("--concurrent-models must be at least 1"),
+        (Some(n), _) => n,
+        (None, Some(_)) => run.config.models.len(),
+        (None, None) => 1,
+    };
+    let key = a.api_key.as_ref();
+    let simulator = backend(&run.simulator, &run, key, &pool, "simulator")?;
+    let judge = backend(&run.judge, &run, key, &pool, "judge")?;
     let env = Env {
         pool,
         simulator,
         judge,
-        keep_loaded,
+        keep_loaded: local_roles,
+        concurrent_models,
         progress: progress(),
     };
     let calls = Calls::new(store.clone());
     tracing::info!(dir = %dir.display(), models = ?run.config.models, simulator = %env.simulator.id(), judge = %env.judge.id(), "compare");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let results = rt.block_on(run::run(&run.config, &calls, &env))?;
     let summary = report::summarise(&run.config, &results);
     report::write_outputs(&dir, &run.config, &results, &summary)?;

@@ -3,12 +3,14 @@
 //! generation through the stage chain, re-placement and replay when a worker dies), and a
 //! [`crate::eval::pool::ModelPool`] over those pipelines ([`pool`]).
 
+pub mod models;
 pub mod pipeline;
 pub mod pool;
 pub mod registry;
 pub mod service;
 
-pub use pipeline::{ClusterOptions, Pipeline};
+pub use models::{ModelsService, RemotePool};
+pub use pipeline::{ClusterOptions, OnStep, Pipeline};
 pub use pool::ClusterPool;
 pub use registry::WorkerRegistry;
 pub use service::serve;

@@ -34,6 +34,17 @@ use crate::eval::backend::BoxFuture;
 /// worker at a known point).
 pub type StepHook = Arc<dyn Fn(u64) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// Called after every completed step of any model of a pool with the model's name and its step
+/// count (tests use it to fail a worker mid-run and to see models interleave).
+#[derive(Clone)]
+pub struct OnStep(pub Arc<dyn Fn(&str, u64) -> BoxFuture<'static, ()> + Send + Sync>);
+
+impl std::fmt::Debug for OnStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnStep(..)")
+    }
+}
+
 /// How models are placed and run on the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -52,6 +63,7 @@ pub struct ClusterOptions {
     pub rpc_timeout: Duration,
     /// Largest activation or logits payload of one step; bigger prefills are split.
     pub max_step_bytes: usize,
+    pub on_step: Option<OnStep>,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +77,7 @@ impl Default for ClusterOptions {
             max_recoveries: 3,
             rpc_timeout: Duration::from_secs(600),
             max_step_bytes: ibench_proto::MAX_MESSAGE_BYTES * 3 / 4,
+            on_step: None,
         }
     }
 }
@@ -160,6 +173,10 @@ impl Pipeline {
             dtype_bytes,
         );
         demand.min_stages = opts.min_stages;
+        let hook = opts.on_step.clone().map(|OnStep(f)| {
+            let name = model.to_string();
+            Arc::new(move |n| f(&name, n)) as StepHook
+        });
         let mut p = Self {
             model: model.to_string(),
             folder: folder.to_path_buf(),
@@ -174,7 +191,7 @@ impl Pipeline {
             next_stage: 0,
             steps: 0,
             recoveries: 0,
-            hook: None,
+            hook,
         };
         let placed = placement::place(std::slice::from_ref(&p.demand), &slots, &p.opts.placement)?;
         let stages = p.load_assignments(&placed[0].stages, 0).await?;
@@ -706,6 +723,80 @@ impl Pipeline {
                     StepRow::Token(_) => unreachable!("logits were asked for"),
                 }
             }
+        }
+        Ok(out)
+    }
+}
+
+impl Pipeline {
+    /// Per prompt and listed position, log-softmax over the vocabulary for the token after it
+    /// (positions ascending, as [`crate::eval::pool::slot_prompt`] gives them). Each prompt is fed
+    /// once, in rounds up to its next position, so the stages' caches carry it from one position
+    /// to the next: one forward pass in all, as the in-process engine's `prompt_logits`.
+    pub async fn slot_logprobs(
+        &mut self,
+        prompts: &[(Vec<u32>, Vec<usize>)],
+    ) -> Result<Vec<Vec<Vec<f32>>>, ClusterError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for batch in prompts.chunks(self.opts.max_batch.max(1)) {
+            let mut seqs = Vec::with_capacity(batch.len());
+            for (i, (ids, at)) in batch.iter().enumerate() {
+                self.check_prompt(i, ids)?;
+                if at.windows(2).any(|w| w[0] > w[1]) || at.iter().any(|&p| p >= ids.len()) {
+                    return Err(ClusterError::Request {
+                        index: i,
+                        why: "slot positions must ascend inside the prompt".into(),
+                    });
+                }
+                self.next_seq += 1;
+                seqs.push(Seq {
+                    index: i,
+                    id: self.next_seq,
+                    tokens: Vec::new(),
+                    prompt_len: 0,
+                    cached: 0,
+                    sampler: Sampler::new(&GenerationParams::default()),
+                    params: GenerationParams::default(),
+                });
+            }
+            let mut rows: Vec<Vec<Vec<f32>>> = batch
+                .iter()
+                .map(|(_, at)| Vec::with_capacity(at.len()))
+                .collect();
+            let rounds = batch.iter().map(|(_, at)| at.len()).max().unwrap_or(0);
+            for r in 0..rounds {
+                let mut which = Vec::new();
+                for (i, (ids, at)) in batch.iter().enumerate() {
+                    let Some(&p) = at.get(r) else { continue };
+                    if p + 1 == seqs[i].tokens.len() {
+                        // The same position as the slot before (nothing between them).
+                        let last = rows[i].last().cloned().expect("an earlier slot was read");
+                        rows[i].push(last);
+                        continue;
+                    }
+                    seqs[i].tokens = ids[..p + 1].to_vec();
+                    which.push(i);
+                }
+                if which.is_empty() {
+                    continue;
+                }
+                let got = self.feed(&mut seqs, &which, true).await;
+                let got = match got {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.free(seqs.iter().map(|s| s.id).collect());
+                        return Err(e);
+                    }
+                };
+                for (&i, row) in which.iter().zip(got) {
+                    match row {
+                        StepRow::Logits(l) => rows[i].push(log_softmax(&l)),
+                        StepRow::Token(_) => unreachable!("logits were asked for"),
+                    }
+                }
+            }
+            self.free(seqs.iter().map(|s| s.id).collect());
+            out.extend(rows);
         }
         Ok(out)
     }

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::pipeline::{ClusterOptions, Pipeline};
 use super::registry::WorkerRegistry;
-use crate::eval::backend::{BoxFuture, ChoiceRequest};
-use crate::eval::pool::{GenOutput, GenRequest, ModelPool, PoolError};
+use crate::eval::backend::{BoxFuture, ChoiceRequest, Slot, SlotsRequest};
+use crate::eval::pool::{choice_scores, slot_prompt, GenOutput, GenRequest, ModelPool, PoolError};
 
 enum Job {
     Generate(
@@ -19,8 +19,8 @@ enum Job {
         oneshot::Sender<Vec<Result<GenOutput, PoolError>>>,
     ),
     Choose(
-        Vec<ChoiceRequest>,
-        oneshot::Sender<Result<Vec<Vec<f32>>, PoolError>>,
+        Vec<SlotsRequest>,
+        oneshot::Sender<Result<Vec<Vec<Vec<f32>>>, PoolError>>,
     ),
 }
 
@@ -146,6 +146,34 @@ impl ModelPool for ClusterPool {
         model: &str,
         reqs: Vec<ChoiceRequest>,
     ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
+        // One slot per request, read like the in-process pool does.
+        let slots = reqs
+            .into_iter()
+            .map(|r| SlotsRequest {
+                messages: r.messages,
+                slots: vec![Slot {
+                    prefix: r.prefix,
+                    choices: r.choices,
+                    fill: String::new(),
+                }],
+            })
+            .collect();
+        let model = model.to_string();
+        Box::pin(async move {
+            Ok(self
+                .choose_slots(&model, slots)
+                .await?
+                .into_iter()
+                .map(|mut s| s.pop().unwrap_or_default())
+                .collect())
+        })
+    }
+
+    fn choose_slots(
+        &self,
+        model: &str,
+        reqs: Vec<SlotsRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>> {
         let model = model.to_string();
         Box::pin(async move {
             let tx = self.sender(&model).await?;
@@ -248,42 +276,28 @@ async fn generate(
         .collect()
 }
 
-/// The token ids a choice can start with: the choice alone and after a space, where either is a
-/// single token; else the first token of the choice (the in-process pool's rule).
-
-async fn choose(p: &mut Pipeline, reqs: &[ChoiceRequest]) -> Result<Vec<Vec<f32>>, String> {
+/// Slot log-probabilities of every request, from one pass over each prompt.
+async fn choose(p: &mut Pipeline, reqs: &[SlotsRequest]) -> Result<Vec<Vec<Vec<f32>>>, String> {
+    let context = p.config().max_position_embeddings;
     let mut prompts = Vec::with_capacity(reqs.len());
     for r in reqs {
-        let mut ids = p
-            .tokenizer()
-            .encode_chat(&r.messages, true, false)
-            .map_err(|e| e.to_string())?;
-        if !r.prefix.is_empty() {
-            ids.extend(p.tokenizer().encode(&r.prefix).map_err(|e| e.to_string())?);
+        let (ids, at) = slot_prompt(p.tokenizer(), r)?;
+        if ids.len() >= context {
+            return Err(format!(
+                "the prompt has {} tokens, the context window is {context}",
+                ids.len()
+            ));
         }
-        prompts.push(ids);
+        prompts.push((ids, at));
     }
-    let lps = p
-        .next_token_logprobs(&prompts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let lps = p.slot_logprobs(&prompts).await.map_err(|e| e.to_string())?;
     reqs.iter()
         .zip(lps)
-        .map(|(r, lp)| {
-            r.choices
+        .map(|(r, rows)| {
+            r.slots
                 .iter()
-                .map(|c| {
-                    let vals: Vec<f32> = crate::eval::pool::choice_token_ids(p.tokenizer(), c)?
-                        .iter()
-                        .filter_map(|&i| lp.get(i as usize).copied())
-                        .collect();
-                    let m = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    Ok(if m.is_finite() {
-                        m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
-                    } else {
-                        m
-                    })
-                })
+                .zip(rows)
+                .map(|(s, lp)| choice_scores(p.tokenizer(), &s.choices, &lp))
                 .collect()
         })
         .collect()

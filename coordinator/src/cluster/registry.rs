@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ibench_proto::tls::ClusterTls;
 use ibench_proto::{ClusterToken, StageWorkerClient};
 use ibench_shared::placement::{DeviceInfo, DeviceSlot};
 use tokio::sync::watch;
@@ -36,6 +37,7 @@ pub struct WorkerRegistry {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     token: Option<ClusterToken>,
+    tls: ClusterTls,
     heartbeat: Duration,
 }
 
@@ -46,8 +48,19 @@ impl WorkerRegistry {
             state: Mutex::new(State::default()),
             changed: watch::channel(0).0,
             token,
+            tls: ClusterTls::default(),
             heartbeat,
         }
+    }
+
+    /// Serves the coordinator with `tls.server` and connects to workers with `tls.client`.
+    pub fn with_tls(mut self, tls: ClusterTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    pub fn tls(&self) -> &ClusterTls {
+        &self.tls
     }
 
     /// The token the cluster's RPCs carry, both ways.
@@ -70,8 +83,8 @@ impl WorkerRegistry {
         address: &str,
         devices: Vec<DeviceInfo>,
     ) -> Result<String, String> {
-        let ep =
-            ibench_proto::endpoint(address).map_err(|e| format!("address '{address}': {e}"))?;
+        let ep = ibench_proto::endpoint(address, self.tls.client.as_ref())
+            .map_err(|e| format!("address '{address}': {e}"))?;
         let client = ibench_proto::stage_worker_client(ep.connect_lazy(), self.token.clone());
         let mut s = self.state.lock().expect("registry lock");
         s.registrations += 1;

@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::models::ModelsService;
 use super::registry::WorkerRegistry;
+use crate::eval::pool::ModelPool;
 
 /// The Coordinator service over a shared registry.
 pub struct CoordinatorService {
@@ -68,16 +70,23 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     }
 }
 
-/// Serves the Coordinator service and gRPC health on `listener` until `shutdown` resolves.
+/// Serves the Coordinator service, the Models service over `models` (when given) and gRPC health
+/// on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<WorkerRegistry>,
+    models: Option<Arc<dyn ModelPool>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::coordinator_server::CoordinatorServer<CoordinatorService>>()
         .await;
+    if models.is_some() {
+        health
+            .set_serving::<pb::models_server::ModelsServer<ModelsService>>()
+            .await;
+    }
     let expiry = {
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -89,14 +98,21 @@ pub async fn serve(
         })
     };
     let token = registry.token().cloned();
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &registry.tls().server {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    let result = builder
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(ibench_proto::coordinator_server(
             CoordinatorService::new(registry),
-            token,
+            token.clone(),
         ))
+        .add_optional_service(
+            models.map(|pool| ibench_proto::models_server(ModelsService::new(pool), token)),
+        )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,

@@ -417,21 +417,58 @@ pub fn choice_token_ids(
     Ok(ids)
 }
 
-fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, String> {
-    let mut ids = engine
+/// The token ids of a slots request and, per slot, the position whose next-token distribution
+/// it reads: the chat prompt, then each slot's prefix and (but for the last) its fill, each
+/// encoded on its own. Both pools build slot prompts here, so they read the same positions.
+pub fn slot_prompt(
+    tok: &ibench_worker::ChatTokenizer,
+    r: &SlotsRequest,
+) -> Result<(Vec<u32>, Vec<usize>), String> {
+    let mut ids = tok
         .encode_chat(&r.messages, true, false)
         .map_err(|e| e.to_string())?;
-    // The position whose next-token distribution each slot reads.
     let mut at = Vec::with_capacity(r.slots.len());
     for (k, s) in r.slots.iter().enumerate() {
         if !s.prefix.is_empty() {
-            ids.extend(engine.encode(&s.prefix).map_err(|e| e.to_string())?);
+            ids.extend(tok.encode(&s.prefix).map_err(|e| e.to_string())?);
+        }
+        if ids.is_empty() {
+            return Err("an empty prompt".into());
         }
         at.push(ids.len() - 1);
         if k + 1 < r.slots.len() && !s.fill.is_empty() {
-            ids.extend(engine.encode(&s.fill).map_err(|e| e.to_string())?);
+            ids.extend(tok.encode(&s.fill).map_err(|e| e.to_string())?);
         }
     }
+    Ok((ids, at))
+}
+
+/// The log-probability of each choice in a next-token distribution `lp`: log-sum-exp over the
+/// token ids a choice can start with ([`choice_token_ids`]).
+pub fn choice_scores(
+    tok: &ibench_worker::ChatTokenizer,
+    choices: &[String],
+    lp: &[f32],
+) -> Result<Vec<f32>, String> {
+    choices
+        .iter()
+        .map(|c| {
+            let vals: Vec<f32> = choice_token_ids(tok, c)?
+                .iter()
+                .filter_map(|&i| lp.get(i as usize).copied())
+                .collect();
+            let m = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            Ok(if m.is_finite() {
+                m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
+            } else {
+                m
+            })
+        })
+        .collect()
+}
+
+fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, String> {
+    let (ids, at) = slot_prompt(engine.tokenizer(), r)?;
     if ids.len() >= engine.context_len() {
         return Err(format!(
             "the prompt has {} tokens, the context window is {}",
@@ -452,23 +489,6 @@ fn choice_logprobs(engine: &Engine, r: &SlotsRequest) -> Result<Vec<Vec<f32>>, S
     r.slots
         .iter()
         .zip(rows)
-        .map(|(s, lp)| {
-            s.choices
-                .iter()
-                .map(|c| {
-                    let ids = choice_token_ids(engine.tokenizer(), c)?;
-                    let vals: Vec<f32> = ids
-                        .iter()
-                        .filter_map(|&i| lp.get(i as usize).copied())
-                        .collect();
-                    let m = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    Ok(if m.is_finite() {
-                        m + vals.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
-                    } else {
-                        m
-                    })
-                })
-                .collect()
-        })
+        .map(|(s, lp)| choice_scores(engine.tokenizer(), &s.choices, &lp))
         .collect()
 }

@@ -2,10 +2,10 @@
 //! (opening -> model turn -> patient turn -> ... -> judge), all conversations of a model at once.
 //!
 //! One event loop drives everything: every conversation whose next step is a model turn joins one
-//! batched `generate` call; patient and judge calls run concurrently; each call's result is
-//! stored as it completes (see [`super::calls`]). Models under test run one after another and are
-//! unloaded when their conversations are done; judging of one model overlaps the next model's
-//! dialogues.
+//! batched `generate` call per model; patient and judge calls run concurrently; each call's result
+//! is stored as it completes (see [`super::calls`]). Models under test run `concurrent_models` at
+//! a time (one after another in one process; side by side on a cluster), and each is unloaded when
+//! its conversations are done; judging of one model overlaps the next model's dialogues.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -227,6 +227,8 @@ pub struct Env {
     pub judge: Arc<dyn ChatBackend>,
     /// Models never unloaded between models under test (local simulator/judge).
     pub keep_loaded: Vec<String>,
+    /// Models under test whose conversations run at the same time (1: one after another).
+    pub concurrent_models: usize,
     pub progress: indicatif::ProgressBar,
 }
 
@@ -253,7 +255,8 @@ enum Slot {
 }
 
 enum Event {
-    Model(Vec<(Slot, Result<GenOutput, CallError>)>),
+    /// A batch of the model with this index.
+    Model(usize, Vec<(Slot, Result<GenOutput, CallError>)>),
     Patient(usize, Result<PatientTurn, CallError>),
     TurnVerdict(usize, usize, Result<Verdict, CallError>),
     DialogueVerdict(usize, Result<Verdict, CallError>),
@@ -375,51 +378,68 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
     env.progress.set_position(0);
 
     let mut futs: FuturesUnordered<BoxFuture<'_, Event>> = FuturesUnordered::new();
-    let mut current = 0usize;
+    let n_models = cfg.models.len();
+    let window = env.concurrent_models.max(1);
+    // Models whose turns are being generated, and the next one to start.
+    let mut active: Vec<usize> = Vec::new();
+    let mut next_model = 0usize;
     let mut tm_started = vec![false; tms.len()];
     let mut tm_generated = vec![false; tms.len()];
-    let mut model_busy = false;
+    let mut model_busy = vec![false; n_models];
     let seed = cfg.generation.seed;
 
     loop {
-        // Advance to the next model when this one has nothing left to generate.
-        while current < cfg.models.len() {
-            let convs_done = convs
-                .iter()
-                .filter(|c| c.model == current)
-                .all(|c| c.state == State::Done);
-            let tms_done = tms
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, r))| r.model == cfg.models[current])
-                .all(|(i, _)| tm_generated[i]);
-            if !(convs_done && tms_done && !model_busy) {
-                break;
+        // Start models up to the window; retire (unload) those with nothing left to generate,
+        // until no more change (a resumed model may have nothing left at all).
+        loop {
+            while active.len() < window && next_model < n_models {
+                active.push(next_model);
+                next_model += 1;
             }
-            let name = &cfg.models[current];
+            let mut retired = None;
+            for (k, &m) in active.iter().enumerate() {
+                let convs_done = convs
+                    .iter()
+                    .filter(|c| c.model == m)
+                    .all(|c| c.state == State::Done);
+                let tms_done = tms
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, r))| r.model == cfg.models[m])
+                    .all(|(i, _)| tm_generated[i]);
+                if convs_done && tms_done && !model_busy[m] {
+                    retired = Some(k);
+                    break;
+                }
+            }
+            let Some(k) = retired else { break };
+            let name = &cfg.models[active.remove(k)];
             if !env.keep_loaded.contains(name) {
                 env.pool
                     .unload(name)
                     .await
                     .map_err(|e| EvalError::Model(e.to_string()))?;
             }
-            current += 1;
         }
-        if current < cfg.models.len() {
+        if !active.is_empty() {
+            let names: Vec<&str> = active.iter().map(|&m| cfg.models[m].as_str()).collect();
             env.progress.set_message(format!(
                 "model {}/{}: {}",
-                current + 1,
-                cfg.models.len(),
-                cfg.models[current]
+                next_model,
+                n_models,
+                names.join(", ")
             ));
         }
 
-        // One batch with every ready model turn of the current model.
-        if current < cfg.models.len() && !model_busy {
+        // Per active model, one batch with every ready model turn.
+        for &m in &active {
+            if model_busy[m] {
+                continue;
+            }
             let mut slots = Vec::new();
             let mut reqs = Vec::new();
             for (i, c) in convs.iter_mut().enumerate() {
-                if c.model == current && c.state == State::NeedModel && !c.busy {
+                if c.model == m && c.state == State::NeedModel && !c.busy {
                     c.busy = true;
                     slots.push(Slot::Conv(i));
                     reqs.push(GenRequest {
@@ -429,7 +449,7 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                 }
             }
             for (i, (_, r)) in tms.iter().enumerate() {
-                if r.model == cfg.models[current] && !tm_started[i] {
+                if r.model == cfg.models[m] && !tm_started[i] {
                     tm_started[i] = true;
                     slots.push(Slot::Turn(i));
                     reqs.push(GenRequest {
@@ -439,12 +459,12 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
                 }
             }
             if !reqs.is_empty() {
-                model_busy = true;
-                let model = cfg.models[current].clone();
+                model_busy[m] = true;
+                let model = cfg.models[m].clone();
                 let pool = env.pool.as_ref();
                 futs.push(Box::pin(async move {
                     let outs = calls.generate(pool, &model, reqs).await;
-                    Event::Model(slots.into_iter().zip(outs).collect())
+                    Event::Model(m, slots.into_iter().zip(outs).collect())
                 }));
             }
         }
@@ -466,18 +486,19 @@ pub async fn run(cfg: &EvalConfig, calls: &Calls, env: &Env) -> Result<RunResult
         }
 
         let Some(ev) = futs.next().await else {
-            if current >= cfg.models.len() {
+            if active.is_empty() && next_model >= n_models {
                 break;
             }
-            // Nothing in flight but the current model is not done: cannot happen; fail loudly.
+            // Nothing in flight but a model is not done: cannot happen; fail loudly.
+            let names: Vec<&str> = active.iter().map(|&m| cfg.models[m].as_str()).collect();
             return Err(EvalError::Model(format!(
                 "the evaluation of {} stalled",
-                cfg.models[current]
+                names.join(", ")
             )));
         };
         match ev {
-            Event::Model(items) => {
-                model_busy = false;
+            Event::Model(m, items) => {
+                model_busy[m] = false;
                 for (slot, res) in items {
                     if let Err(CallError::Load(why)) = &res {
                         return Err(EvalError::Model(why.clone()));
