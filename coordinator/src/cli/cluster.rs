@@ -127,6 +127,10 @@ pub struct CoordinatorArgs {
     /// f32 on CPUs.
     #[arg(long, value_parser = ["f32", "bf16"])]
     pub dtype: Option<String>,
+    /// Micro-batches of one model in flight at once, so all its stages work at the same time
+    /// (0: one per stage; 1: the whole batch steps through the stages together).
+    #[arg(long, default_value_t = 0)]
+    pub micro_batches: usize,
     /// Re-placements after lost workers one batch may go through before its turns fail.
     #[arg(long, default_value_t = 3)]
     pub max_recoveries: usize,
@@ -229,6 +233,7 @@ pub fn coordinator(g: &GlobalArgs, a: CoordinatorArgs) -> anyhow::Result<()> {
         kv_tokens: a.kv_tokens,
         dtype: a.dtype.clone(),
         max_recoveries: a.max_recoveries,
+        micro_batches: a.micro_batches,
         placement: ibench_shared::placement::PlacementOptions {
             reserve_bytes: (a.reserve_gib * (1u64 << 30) as f64) as u64,
         },

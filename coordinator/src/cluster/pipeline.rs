@@ -12,6 +12,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub struct ClusterOptions {
     pub rpc_timeout: Duration,
     /// Largest activation or logits payload of one step; bigger prefills are split.
     pub max_step_bytes: usize,
+    /// Micro-batches of one model in flight at once (0: as many as the model has stages).
+    pub micro_batches: usize,
     pub on_step: Option<OnStep>,
 }
 
@@ -77,6 +80,7 @@ impl Default for ClusterOptions {
             max_recoveries: 3,
             rpc_timeout: Duration::from_secs(600),
             max_step_bytes: ibench_proto::MAX_MESSAGE_BYTES * 3 / 4,
+            micro_batches: 0,
             on_step: None,
         }
     }
@@ -106,7 +110,7 @@ pub struct Pipeline {
     stages: Vec<PlacedStage>,
     next_seq: u64,
     next_stage: u64,
-    steps: u64,
+    steps: AtomicU64,
     recoveries: u64,
     hook: Option<StepHook>,
 }
@@ -189,7 +193,7 @@ impl Pipeline {
             stages: Vec::new(),
             next_seq: 0,
             next_stage: 0,
-            steps: 0,
+            steps: AtomicU64::new(0),
             recoveries: 0,
             hook,
         };
@@ -211,7 +215,7 @@ impl Pipeline {
     }
     /// Steps run so far.
     pub fn steps(&self) -> u64 {
-        self.steps
+        self.steps.load(Ordering::SeqCst)
     }
     /// Re-placements so far.
     pub fn recoveries(&self) -> u64 {
@@ -476,6 +480,81 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// `which` cut into consecutive micro-batches, one per stage by default (one group for a
+    /// single stage): fed concurrently, they keep every stage busy.
+    fn micro_batches(&self, which: &[usize]) -> Vec<Vec<usize>> {
+        let n = match self.opts.micro_batches {
+            0 => self.stages.len(),
+            n => n,
+        };
+        let g = n.min(which.len()).max(1);
+        let size = which.len().div_ceil(g).max(1);
+        which.chunks(size).map(|c| c.to_vec()).collect()
+    }
+
+    /// The steps that feed the sequences `which` their uncached tokens, within the size limits.
+    fn plan(&self, seqs: &[Seq], which: &[usize], output: OutputKind) -> Vec<PlannedStep> {
+        let max_positions = (self.opts.max_step_bytes / (self.cfg.hidden_size * 4)).max(1);
+        let max_rows = match output {
+            OutputKind::Logits => (self.opts.max_step_bytes / (self.cfg.vocab_size * 4)).max(1),
+            OutputKind::Argmax => usize::MAX,
+        };
+        let lens: Vec<usize> = which
+            .iter()
+            .map(|&i| seqs[i].tokens.len() - seqs[i].cached)
+            .collect();
+        plan_steps(&lens, max_positions, max_rows)
+            .into_iter()
+            .map(|group| {
+                let mut step = PlannedStep::default();
+                for (r, &(k, ref piece)) in group.iter().enumerate() {
+                    let s = &seqs[which[k]];
+                    let at = s.cached + piece.start;
+                    step.chunks.push(SeqChunk {
+                        seq_id: s.id,
+                        start: at,
+                        len: piece.len(),
+                    });
+                    step.tokens
+                        .push(s.tokens[at..s.cached + piece.end].to_vec());
+                    if piece.end == lens[k] {
+                        step.finals.push((k, r));
+                    }
+                }
+                step
+            })
+            .collect()
+    }
+
+    /// Runs planned steps one after another; answers the last row of every sequence (by its
+    /// index in the group).
+    async fn run_plan(
+        &self,
+        plan: Vec<PlannedStep>,
+        output: OutputKind,
+    ) -> Result<Vec<(usize, StepRow)>, StepError> {
+        let mut rows = Vec::new();
+        for st in plan {
+            let out = self.step(st.chunks, st.tokens, output).await?;
+            let n = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+            for (k, r) in st.finals {
+                rows.push((
+                    k,
+                    match &out {
+                        StepOutput::Tokens(t) => StepRow::Token(t[r]),
+                        StepOutput::Logits { data, vocab, .. } => {
+                            StepRow::Logits(data[r * vocab..(r + 1) * vocab].to_vec())
+                        }
+                    },
+                ));
+            }
+            if let Some(h) = &self.hook {
+                h(n).await;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Feeds every listed sequence its uncached tokens and answers with each one's last row:
     /// logits, or the argmax token. Big prefills go in several steps within the size limit.
     async fn feed(
@@ -484,105 +563,108 @@ impl Pipeline {
         which: &[usize],
         want_logits: bool,
     ) -> Result<Vec<StepRow>, ClusterError> {
+        let groups = [which.to_vec()];
+        Ok(self
+            .feed_groups(seqs, &groups, want_logits)
+            .await?
+            .pop()
+            .expect("one group"))
+    }
+
+    /// [`Pipeline::feed`] for several disjoint groups of sequences at once: each group's steps run
+    /// in order, the groups concurrently, so while one group's step is in stage k the next
+    /// group's is in stage k-1 (micro-batches: all stages work at once). A failure in any group
+    /// re-places the lost stages and replays every sequence.
+    async fn feed_groups(
+        &mut self,
+        seqs: &mut [Seq],
+        groups: &[Vec<usize>],
+        want_logits: bool,
+    ) -> Result<Vec<Vec<StepRow>>, ClusterError> {
         let mut attempts = 0;
-        'retry: loop {
-            let output = if want_logits || which.iter().any(|&i| !seqs[i].params.is_greedy()) {
+        loop {
+            let output = if want_logits
+                || groups
+                    .iter()
+                    .flatten()
+                    .any(|&i| !seqs[i].params.is_greedy())
+            {
                 OutputKind::Logits
             } else {
                 OutputKind::Argmax
             };
-            let max_positions = (self.opts.max_step_bytes / (self.cfg.hidden_size * 4)).max(1);
-            let max_rows = match output {
-                OutputKind::Logits => (self.opts.max_step_bytes / (self.cfg.vocab_size * 4)).max(1),
-                OutputKind::Argmax => usize::MAX,
-            };
-            let lens: Vec<usize> = which
-                .iter()
-                .map(|&i| seqs[i].tokens.len() - seqs[i].cached)
-                .collect();
-            let mut rows: Vec<Option<StepRow>> = vec![None; which.len()];
-            for group in plan_steps(&lens, max_positions, max_rows) {
-                let mut chunks = Vec::with_capacity(group.len());
-                let mut tokens = Vec::with_capacity(group.len());
-                for &(k, ref piece) in &group {
-                    let s = &seqs[which[k]];
-                    let at = s.cached + piece.start;
-                    chunks.push(SeqChunk {
-                        seq_id: s.id,
-                        start: at,
-                        len: piece.len(),
-                    });
-                    tokens.push(s.tokens[at..s.cached + piece.end].to_vec());
-                }
-                match self.step(chunks, tokens, output).await {
-                    Ok(out) => {
-                        self.steps += 1;
-                        for (r, &(k, ref piece)) in group.iter().enumerate() {
-                            if piece.end == lens[k] {
-                                rows[k] = Some(match &out {
-                                    StepOutput::Tokens(t) => StepRow::Token(t[r]),
-                                    StepOutput::Logits { data, vocab, .. } => {
-                                        StepRow::Logits(data[r * vocab..(r + 1) * vocab].to_vec())
-                                    }
-                                });
-                            }
+            let plans: Vec<Vec<PlannedStep>> =
+                groups.iter().map(|g| self.plan(seqs, g, output)).collect();
+            let results =
+                futures_util::future::join_all(plans.into_iter().map(|p| self.run_plan(p, output)))
+                    .await;
+            let mut failure = None;
+            let mut out = Vec::with_capacity(groups.len());
+            for (g, r) in groups.iter().zip(results) {
+                match r {
+                    Ok(rows) => {
+                        let mut ordered: Vec<Option<StepRow>> = vec![None; g.len()];
+                        for (k, row) in rows {
+                            ordered[k] = Some(row);
                         }
-                        if let Some(h) = &self.hook {
-                            h(self.steps).await;
-                        }
+                        out.push(
+                            ordered
+                                .into_iter()
+                                .map(|r| r.expect("every sequence's last piece ran"))
+                                .collect::<Vec<_>>(),
+                        );
                     }
                     Err(e) => {
-                        let code = e.status.code();
-                        if matches!(
-                            code,
-                            tonic::Code::InvalidArgument
-                                | tonic::Code::Unauthenticated
-                                | tonic::Code::PermissionDenied
-                        ) {
-                            return Err(ClusterError::Model {
-                                model: self.model.clone(),
-                                why: e.status.message().to_string(),
-                            });
-                        }
-                        attempts += 1;
-                        if attempts > self.opts.max_recoveries {
-                            return Err(ClusterError::GaveUp {
-                                model: self.model.clone(),
-                                attempts: attempts - 1,
-                                last: e.status.message().to_string(),
-                            });
-                        }
-                        let replaced = self.recover(&e.status).await?;
-                        if !replaced
-                            && !matches!(
-                                code,
-                                tonic::Code::Unavailable
-                                    | tonic::Code::DeadlineExceeded
-                                    | tonic::Code::FailedPrecondition
-                                    | tonic::Code::NotFound
-                                    | tonic::Code::Unknown
-                            )
-                        {
-                            return Err(ClusterError::Model {
-                                model: self.model.clone(),
-                                why: e.status.message().to_string(),
-                            });
-                        }
-                        // Every cache may be gone or partly written: replay all sequences.
-                        for s in seqs.iter_mut() {
-                            s.cached = 0;
-                        }
-                        continue 'retry;
+                        failure.get_or_insert(e);
                     }
                 }
             }
-            for &i in which {
-                seqs[i].cached = seqs[i].tokens.len();
+            let Some(e) = failure else {
+                for &i in groups.iter().flatten() {
+                    seqs[i].cached = seqs[i].tokens.len();
+                }
+                return Ok(out);
+            };
+            let code = e.status.code();
+            if matches!(
+                code,
+                tonic::Code::InvalidArgument
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+            ) {
+                return Err(ClusterError::Model {
+                    model: self.model.clone(),
+                    why: e.status.message().to_string(),
+                });
             }
-            return Ok(rows
-                .into_iter()
-                .map(|r| r.expect("every sequence's last piece ran"))
-                .collect());
+            attempts += 1;
+            if attempts > self.opts.max_recoveries {
+                return Err(ClusterError::GaveUp {
+                    model: self.model.clone(),
+                    attempts: attempts - 1,
+                    last: e.status.message().to_string(),
+                });
+            }
+            let replaced = self.recover(&e.status).await?;
+            if !replaced
+                && !matches!(
+                    code,
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::NotFound
+                        | tonic::Code::Unknown
+                )
+            {
+                return Err(ClusterError::Model {
+                    model: self.model.clone(),
+                    why: e.status.message().to_string(),
+                });
+            }
+            // Every cache may be gone or partly written: replay all sequences.
+            for s in seqs.iter_mut() {
+                s.cached = 0;
+            }
         }
     }
 
@@ -642,7 +724,11 @@ impl Pipeline {
             if which.is_empty() {
                 which = (0..active.len()).collect();
             }
-            let rows = self.feed(&mut active, &which, false).await?;
+            let groups = self.micro_batches(&which);
+            let rows = self
+                .feed_groups(&mut active, &groups, false)
+                .await?
+                .concat();
             for (&i, row) in which.iter().zip(rows) {
                 let s = &mut active[i];
                 let t = match row {
@@ -780,9 +866,10 @@ impl Pipeline {
                 if which.is_empty() {
                     continue;
                 }
-                let got = self.feed(&mut seqs, &which, true).await;
+                let groups = self.micro_batches(&which);
+                let got = self.feed_groups(&mut seqs, &groups, true).await;
                 let got = match got {
-                    Ok(g) => g,
+                    Ok(g) => g.concat(),
                     Err(e) => {
                         self.free(seqs.iter().map(|s| s.id).collect());
                         return Err(e);
@@ -800,6 +887,15 @@ impl Pipeline {
         }
         Ok(out)
     }
+}
+
+/// One step of a plan: its chunks and tokens, and (index in the group, row in the step) of the
+/// sequences whose last piece it carries.
+#[derive(Default)]
+struct PlannedStep {
+    chunks: Vec<SeqChunk>,
+    tokens: Vec<Vec<u32>>,
+    finals: Vec<(usize, usize)>,
 }
 
 /// The last row of one sequence in a step.
