@@ -516,7 +516,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(ibench_proto::stage_worker_server(server, token))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await

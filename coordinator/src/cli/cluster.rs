@@ -134,6 +134,13 @@ pub struct CoordinatorArgs {
     /// Re-placements after lost workers one batch may go through before its turns fail.
     #[arg(long, default_value_t = 3)]
     pub max_recoveries: usize,
+    /// Smoke run: generate this many copies of --prompt together (a batch), to measure throughput.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Smoke run: print one JSON line (placement, load time, a warm-up run, then a timed run's
+    /// tokens per second, and the first reply) instead of the reply alone.
+    #[arg(long)]
+    pub json: bool,
     /// Exit after the smoke run instead of serving on.
     #[arg(long)]
     pub exit_after: bool,
@@ -264,8 +271,44 @@ pub fn coordinator(g: &GlobalArgs, a: CoordinatorArgs) -> anyhow::Result<()> {
                 messages: vec![ChatMessage::new(Role::User, prompt.clone())],
                 params,
             };
-            let out = pool.generate(model, vec![req]).await.remove(0)?;
-            println!("{}", out.text);
+            let reqs = vec![req; a.batch.max(1)];
+            let t0 = std::time::Instant::now();
+            pool.load(model).await?;
+            let load_s = t0.elapsed().as_secs_f64();
+            // The first run pays for kernel compilation on CUDA; the second is the measurement.
+            let runs = if a.json { 2 } else { 1 };
+            let mut timings = Vec::new();
+            let mut outs = Vec::new();
+            for _ in 0..runs {
+                let t = std::time::Instant::now();
+                outs = pool
+                    .generate(model, reqs.clone())
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
+                timings.push(t.elapsed().as_secs_f64());
+            }
+            if a.json {
+                let tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
+                let secs = *timings.last().expect("one run");
+                let line = serde_json::json!({
+                    "model": model,
+                    "stages": pool.placement(model).await,
+                    "batch": reqs.len(),
+                    "max_new_tokens": a.max_new_tokens,
+                    "micro_batches": a.micro_batches,
+                    "load_s": load_s,
+                    "warmup_s": timings[0],
+                    "timed_s": secs,
+                    "new_tokens": tokens,
+                    "tokens_per_s": tokens as f64 / secs,
+                    "text": outs[0].text,
+                    "all_equal": outs.iter().all(|o| o.text == outs[0].text),
+                });
+                println!("{line}");
+            } else {
+                println!("{}", outs[0].text);
+            }
             if a.exit_after {
                 return Ok(());
             }

@@ -27,6 +27,8 @@ enum Job {
 struct Driver {
     tx: mpsc::UnboundedSender<Job>,
     task: tokio::task::JoinHandle<Pipeline>,
+    /// The placement when the model was loaded, for reports.
+    stages: Vec<String>,
 }
 
 /// Models of the registry placed on the cluster's workers on demand.
@@ -70,6 +72,11 @@ impl ClusterPool {
             model: model.into(),
             why: e.to_string(),
         })?;
+        let stages = pipeline
+            .stages()
+            .iter()
+            .map(|s| format!("{} {} {:?}", s.worker, s.device, s.layers))
+            .collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(model.to_string(), pipeline, rx));
         drivers.insert(
@@ -77,9 +84,21 @@ impl ClusterPool {
             Driver {
                 tx: tx.clone(),
                 task,
+                stages,
             },
         );
         Ok(tx)
+    }
+}
+
+impl ClusterPool {
+    /// `worker device layers` of each stage of a loaded model (empty when it is not loaded).
+    pub async fn placement(&self, model: &str) -> Vec<String> {
+        let drivers = self.drivers.lock().await;
+        drivers
+            .get(model)
+            .map(|d| d.stages.clone())
+            .unwrap_or_default()
     }
 }
 

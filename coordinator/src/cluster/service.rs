@@ -114,7 +114,7 @@ pub async fn serve(
             models.map(|pool| ibench_proto::models_server(ModelsService::new(pool), token)),
         )
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await;
