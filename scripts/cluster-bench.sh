@@ -19,6 +19,7 @@ for stages in $(seq 1 "${#devices[@]}"); do
     "$bin" coordinator --listen "127.0.0.1:$port" --workers "${#devices[@]}" --model "$model" \
         --prompt "$prompt" \
         --batch "$batch" --max-new-tokens "$tokens" --min-stages "$stages" --reserve-gib 0 \
+        --micro-batches "${IBENCH_MICRO_BATCHES:-0}" \
         --json --exit-after &
     coord=$!
     pids=("$coord")

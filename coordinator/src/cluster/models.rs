@@ -437,50 +437,6 @@ impl ModelPool for RemotePool {
         })
     }
 
-    fn choose(
-        &self,
-        model: &str,
-        reqs: Vec<ChoiceRequest>,
-    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
-        let model = model.to_string();
-        Box::pin(async move {
-            let n = reqs.len();
-            let counts: Vec<usize> = reqs.iter().map(|r| r.choices.len()).collect();
-            let msg = pb::ChooseRequest {
-                model: model.clone(),
-                queries: reqs
-                    .into_iter()
-                    .map(|r| pb::ChoiceQuery {
-                        messages: messages_to_wire(&r.messages),
-                        prefix: r.prefix,
-                        choices: r.choices,
-                    })
-                    .collect(),
-            };
-            let resp = self
-                .client
-                .clone()
-                .choose(msg)
-                .await
-                .map_err(|s| status_error(&model, &s))?
-                .into_inner();
-            let shape_ok = resp.results.len() == n
-                && resp
-                    .results
-                    .iter()
-                    .zip(&counts)
-                    .all(|(r, &c)| r.logprobs.len() == c);
-            if !shape_ok {
-                return Err(PoolError::Engine {
-                    model,
-                    why: "the coordinator's choice log-probabilities do not match the queries"
-                        .into(),
-                });
-            }
-            Ok(resp.results.into_iter().map(|r| r.logprobs).collect())
-        })
-    }
-
     fn choose_slots(
         &self,
         model: &str,

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::pipeline::{ClusterOptions, Pipeline};
 use super::registry::WorkerRegistry;
-use crate::eval::backend::{BoxFuture, ChoiceRequest, Slot, SlotsRequest};
+use crate::eval::backend::{BoxFuture, SlotsRequest};
 use crate::eval::pool::{choice_scores, slot_prompt, GenOutput, GenRequest, ModelPool, PoolError};
 
 enum Job {
@@ -157,34 +157,6 @@ impl ModelPool for ClusterPool {
             }
             orx.await
                 .unwrap_or_else(|_| fail(PoolError::Stopped(model)))
-        })
-    }
-
-    fn choose(
-        &self,
-        model: &str,
-        reqs: Vec<ChoiceRequest>,
-    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
-        // One slot per request, read like the in-process pool does.
-        let slots = reqs
-            .into_iter()
-            .map(|r| SlotsRequest {
-                messages: r.messages,
-                slots: vec![Slot {
-                    prefix: r.prefix,
-                    choices: r.choices,
-                    fill: String::new(),
-                }],
-            })
-            .collect();
-        let model = model.to_string();
-        Box::pin(async move {
-            Ok(self
-                .choose_slots(&model, slots)
-                .await?
-                .into_iter()
-                .map(|mut s| s.pop().unwrap_or_default())
-                .collect())
         })
     }
 

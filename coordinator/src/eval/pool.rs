@@ -59,32 +59,42 @@ pub trait ModelPool: Send + Sync {
         model: &str,
         reqs: Vec<GenRequest>,
     ) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>>;
-    /// Next-token log-probabilities of each choice after the chat prompt plus prefix.
+    /// Next-token log-probabilities of each choice after the chat prompt plus prefix: by
+    /// default each request is a one-slot [`ModelPool::choose_slots`] request, so both ask the
+    /// model the same way.
     fn choose(
         &self,
         model: &str,
         reqs: Vec<ChoiceRequest>,
-    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>>;
-    /// Per request and slot, the next-token log-probabilities of each choice. By default each
-    /// slot is one [`ModelPool::choose`] request; the in-process pool reads all slots of a request
-    /// from one forward pass.
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
+        let slots = reqs
+            .into_iter()
+            .map(|r| SlotsRequest {
+                messages: r.messages,
+                slots: vec![Slot {
+                    prefix: r.prefix,
+                    choices: r.choices,
+                    fill: String::new(),
+                }],
+            })
+            .collect();
+        let model = model.to_string();
+        Box::pin(async move {
+            Ok(self
+                .choose_slots(&model, slots)
+                .await?
+                .into_iter()
+                .map(|mut s| s.pop().unwrap_or_default())
+                .collect())
+        })
+    }
+    /// Per request and slot, the next-token log-probabilities of each choice, all slots of a
+    /// request read from one pass over its prompt.
     fn choose_slots(
         &self,
         model: &str,
         reqs: Vec<SlotsRequest>,
-    ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>> {
-        let model = model.to_string();
-        Box::pin(async move {
-            let lens: Vec<usize> = reqs.iter().map(|r| r.slots.len()).collect();
-            let flat: Vec<ChoiceRequest> =
-                reqs.iter().flat_map(|r| r.as_single_choices()).collect();
-            let mut all = self.choose(&model, flat).await?.into_iter();
-            Ok(lens
-                .into_iter()
-                .map(|n| all.by_ref().take(n).collect())
-                .collect())
-        })
-    }
+    ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>>;
 }
 
 enum Job {
@@ -239,33 +249,6 @@ impl ModelPool for InProcessPool {
             }
             orx.await
                 .unwrap_or_else(|_| fail(PoolError::Stopped(model)))
-        })
-    }
-
-    fn choose(
-        &self,
-        model: &str,
-        reqs: Vec<ChoiceRequest>,
-    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, PoolError>> {
-        let slots = reqs
-            .into_iter()
-            .map(|r| SlotsRequest {
-                messages: r.messages,
-                slots: vec![Slot {
-                    prefix: r.prefix,
-                    choices: r.choices,
-                    fill: String::new(),
-                }],
-            })
-            .collect();
-        let model = model.to_string();
-        Box::pin(async move {
-            Ok(self
-                .choose_slots(&model, slots)
-                .await?
-                .into_iter()
-                .map(|mut s| s.pop().unwrap_or_default())
-                .collect())
         })
     }
 
