@@ -6,6 +6,9 @@
 #
 #   scripts/cluster-bench.sh MODEL_DIR "cuda:0 cuda:1" [BATCH] [MAX_NEW_TOKENS] [IBENCH]
 #   scripts/cluster-bench.sh tests/fixtures/tiny-qwen3 "cpu cpu cpu" 8 32
+#
+# Env: IBENCH_STAGES (stage counts to run, default 1..number of devices), IBENCH_MICRO_BATCHES
+# (the coordinator's --micro-batches, default 0: one per stage), IBENCH_BENCH_PROMPT.
 set -euo pipefail
 model="$1"; read -r -a devices <<< "$2"; batch="${3:-8}"; tokens="${4:-32}"
 bin="${5:-target/debug/ibench}"
@@ -14,7 +17,7 @@ prompt="${IBENCH_BENCH_PROMPT:-Explain in detail how a doctor should ask a patie
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-for stages in $(seq 1 "${#devices[@]}"); do
+for stages in ${IBENCH_STAGES:-$(seq 1 "${#devices[@]}")}; do
     port="$(free_port)"
     "$bin" coordinator --listen "127.0.0.1:$port" --workers "${#devices[@]}" --model "$model" \
         --prompt "$prompt" \
