@@ -38,6 +38,7 @@ impl From<DeviceInfo> for pb::Device {
             name: d.name,
             total_bytes: d.total_bytes,
             free_bytes: d.free_bytes,
+            model: String::new(),
         }
     }
 }

@@ -127,6 +127,18 @@ impl StageServer {
             .ok_or_else(|| StageError::UnknownStage(id.to_string()))
     }
 
+    /// [`StageServer::devices`] as wire messages, with each device's model name.
+    pub fn device_messages(&self) -> Vec<pb::Device> {
+        self.devices()
+            .into_iter()
+            .zip(&self.inner.cfg.devices)
+            .map(|(info, d)| pb::Device {
+                model: device_model(*d),
+                ..info.into()
+            })
+            .collect()
+    }
+
     /// The worker's devices with their memory, less what its stages hold where a limit applies.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         let stages = self.inner.stages.lock().expect("stages lock");
@@ -456,7 +468,7 @@ impl pb::stage_worker_server::StageWorker for StageServer {
         }
         stages.sort_by(|a, b| a.stage_id.cmp(&b.stage_id));
         Ok(Response::new(pb::StatusResponse {
-            devices: self.devices().into_iter().map(Into::into).collect(),
+            devices: self.device_messages(),
             stages,
         }))
     }
@@ -468,6 +480,34 @@ pub fn device_memory(d: DeviceSpec) -> (u64, u64) {
         DeviceSpec::Cpu => cpu_memory().unwrap_or((0, 0)),
         DeviceSpec::Cuda(i) => cuda_memory(i).unwrap_or((0, 0)),
     }
+}
+
+/// What a device is: the GPU's name, or the CPU's model name and thread count.
+pub fn device_model(d: DeviceSpec) -> String {
+    match d {
+        DeviceSpec::Cpu => {
+            let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let name = info
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_else(|| "CPU".into());
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            format!("{name} ({threads} threads)")
+        }
+        DeviceSpec::Cuda(i) => cuda_name(i).unwrap_or_else(|| format!("CUDA device {i}")),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_name(i: usize) -> Option<String> {
+    cudarc::driver::CudaContext::new(i).ok()?.name().ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_name(_i: usize) -> Option<String> {
+    None
 }
 
 fn cpu_memory() -> Option<(u64, u64)> {
@@ -554,7 +594,7 @@ pub async fn run_agent(
             api_version: ibench_proto::API_VERSION,
             name: name.to_string(),
             address: advertise.to_string(),
-            devices: server.devices().into_iter().map(Into::into).collect(),
+            devices: server.device_messages(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let reg = match client
@@ -586,7 +626,7 @@ pub async fn run_agent(
             tokio::time::sleep(every).await;
             let hb = pb::HeartbeatRequest {
                 worker_id: reg.worker_id.clone(),
-                devices: server.devices().into_iter().map(Into::into).collect(),
+                devices: server.device_messages(),
                 stages: server.stage_ids(),
             };
             match client
@@ -751,5 +791,9 @@ mod tests {
             d.free_bytes < 1 << 20,
             "a loaded stage counts against the limit: {d:?}"
         );
+        // The wire form carries the same numbers and says what the device is.
+        let m = &s.device_messages()[0];
+        assert_eq!((m.name.as_str(), m.total_bytes), ("cpu", 1 << 20));
+        assert!(m.model.contains("threads"), "{m:?}");
     }
 }

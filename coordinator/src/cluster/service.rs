@@ -45,12 +45,25 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 "a worker needs a name and an address",
             ));
         }
+        let models: Vec<String> = r
+            .devices
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} ({:.1}/{:.1} GiB free)",
+                    d.name,
+                    d.model,
+                    d.free_bytes as f64 / (1u64 << 30) as f64,
+                    d.total_bytes as f64 / (1u64 << 30) as f64
+                )
+            })
+            .collect();
         let devices: Vec<DeviceInfo> = r.devices.into_iter().map(Into::into).collect();
         let id = self
             .registry
             .register(&r.name, &r.address, devices.clone())
             .map_err(Status::invalid_argument)?;
-        tracing::info!(worker_id = %id, devices = ?devices.iter().map(|d| &d.name).collect::<Vec<_>>(), version = %r.version, "worker registered");
+        tracing::info!(worker_id = %id, devices = ?models, version = %r.version, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id,
             heartbeat_interval_ms: self.registry.heartbeat_interval().as_millis() as u32,
