@@ -6,23 +6,15 @@ use std::sync::Arc;
 
 use ibench_shared::Registry;
 use ibench_worker::GenerateRequest;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, Mutex};
 
 use super::pipeline::{ClusterOptions, Pipeline};
 use super::registry::WorkerRegistry;
 use crate::eval::backend::{BoxFuture, SlotsRequest};
-use crate::eval::pool::{choice_scores, slot_prompt, GenOutput, GenRequest, ModelPool, PoolError};
-
-enum Job {
-    Generate(
-        Vec<GenRequest>,
-        oneshot::Sender<Vec<Result<GenOutput, PoolError>>>,
-    ),
-    Choose(
-        Vec<SlotsRequest>,
-        oneshot::Sender<Result<Vec<Vec<Vec<f32>>>, PoolError>>,
-    ),
-}
+use crate::eval::pool::{
+    ask_choose, ask_generate, choice_scores, slot_prompt, GenOutput, GenRequest, Job, ModelPool,
+    PoolError,
+};
 
 struct Driver {
     tx: mpsc::UnboundedSender<Job>,
@@ -144,20 +136,7 @@ impl ModelPool for ClusterPool {
         reqs: Vec<GenRequest>,
     ) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>> {
         let model = model.to_string();
-        Box::pin(async move {
-            let n = reqs.len();
-            let fail = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
-            let tx = match self.sender(&model).await {
-                Ok(tx) => tx,
-                Err(e) => return fail(e),
-            };
-            let (otx, orx) = oneshot::channel();
-            if tx.send(Job::Generate(reqs, otx)).is_err() {
-                return fail(PoolError::Stopped(model));
-            }
-            orx.await
-                .unwrap_or_else(|_| fail(PoolError::Stopped(model)))
-        })
+        Box::pin(async move { ask_generate(self.sender(&model).await, model, reqs).await })
     }
 
     fn choose_slots(
@@ -166,13 +145,7 @@ impl ModelPool for ClusterPool {
         reqs: Vec<SlotsRequest>,
     ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>> {
         let model = model.to_string();
-        Box::pin(async move {
-            let tx = self.sender(&model).await?;
-            let (otx, orx) = oneshot::channel();
-            tx.send(Job::Choose(reqs, otx))
-                .map_err(|_| PoolError::Stopped(model.clone()))?;
-            orx.await.map_err(|_| PoolError::Stopped(model))?
-        })
+        Box::pin(async move { ask_choose(self.sender(&model).await, model, reqs).await })
     }
 }
 

@@ -97,7 +97,9 @@ pub trait ModelPool: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>>;
 }
 
-enum Job {
+/// Work for the task or thread that owns one model (in-process engine or cluster pipeline); the
+/// answer comes back on the oneshot.
+pub(crate) enum Job {
     Generate(
         Vec<GenRequest>,
         oneshot::Sender<Vec<Result<GenOutput, PoolError>>>,
@@ -106,6 +108,58 @@ enum Job {
         Vec<SlotsRequest>,
         oneshot::Sender<Result<Vec<Vec<Vec<f32>>>, PoolError>>,
     ),
+}
+
+/// The queue of a model's owner: a std channel (engine thread) or a tokio one (pipeline task).
+pub(crate) trait JobQueue {
+    /// `false` when the owner has stopped.
+    fn push(&self, job: Job) -> bool;
+}
+
+impl JobQueue for mpsc::Sender<Job> {
+    fn push(&self, job: Job) -> bool {
+        self.send(job).is_ok()
+    }
+}
+
+impl JobQueue for tokio::sync::mpsc::UnboundedSender<Job> {
+    fn push(&self, job: Job) -> bool {
+        self.send(job).is_ok()
+    }
+}
+
+/// Queues a generate job for `model` (its queue, or why there is none) and waits for the answer;
+/// every request fails alike when the queue cannot be had or its owner stops.
+pub(crate) async fn ask_generate(
+    queue: Result<impl JobQueue, PoolError>,
+    model: String,
+    reqs: Vec<GenRequest>,
+) -> Vec<Result<GenOutput, PoolError>> {
+    let n = reqs.len();
+    let fail = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
+    let queue = match queue {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let (otx, orx) = oneshot::channel();
+    if !queue.push(Job::Generate(reqs, otx)) {
+        return fail(PoolError::Stopped(model));
+    }
+    orx.await
+        .unwrap_or_else(|_| fail(PoolError::Stopped(model)))
+}
+
+/// Queues a choose job for `model` and waits for the answer.
+pub(crate) async fn ask_choose(
+    queue: Result<impl JobQueue, PoolError>,
+    model: String,
+    reqs: Vec<SlotsRequest>,
+) -> Result<Vec<Vec<Vec<f32>>>, PoolError> {
+    let (otx, orx) = oneshot::channel();
+    if !queue?.push(Job::Choose(reqs, otx)) {
+        return Err(PoolError::Stopped(model));
+    }
+    orx.await.map_err(|_| PoolError::Stopped(model))?
 }
 
 struct Worker {
@@ -236,20 +290,7 @@ impl ModelPool for InProcessPool {
         reqs: Vec<GenRequest>,
     ) -> BoxFuture<'_, Vec<Result<GenOutput, PoolError>>> {
         let model = model.to_string();
-        Box::pin(async move {
-            let n = reqs.len();
-            let fail = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
-            let tx = match self.sender(&model).await {
-                Ok(tx) => tx,
-                Err(e) => return fail(e),
-            };
-            let (otx, orx) = oneshot::channel();
-            if tx.send(Job::Generate(reqs, otx)).is_err() {
-                return fail(PoolError::Stopped(model));
-            }
-            orx.await
-                .unwrap_or_else(|_| fail(PoolError::Stopped(model)))
-        })
+        Box::pin(async move { ask_generate(self.sender(&model).await, model, reqs).await })
     }
 
     fn choose_slots(
@@ -258,13 +299,7 @@ impl ModelPool for InProcessPool {
         reqs: Vec<SlotsRequest>,
     ) -> BoxFuture<'_, Result<Vec<Vec<Vec<f32>>>, PoolError>> {
         let model = model.to_string();
-        Box::pin(async move {
-            let tx = self.sender(&model).await?;
-            let (otx, orx) = oneshot::channel();
-            tx.send(Job::Choose(reqs, otx))
-                .map_err(|_| PoolError::Stopped(model.clone()))?;
-            orx.await.map_err(|_| PoolError::Stopped(model))?
-        })
+        Box::pin(async move { ask_choose(self.sender(&model).await, model, reqs).await })
     }
 }
 
