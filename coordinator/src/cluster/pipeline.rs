@@ -555,26 +555,11 @@ impl Pipeline {
         Ok(rows)
     }
 
-    /// Feeds every listed sequence its uncached tokens and answers with each one's last row:
-    /// logits, or the argmax token. Big prefills go in several steps within the size limit.
-    async fn feed(
-        &mut self,
-        seqs: &mut [Seq],
-        which: &[usize],
-        want_logits: bool,
-    ) -> Result<Vec<StepRow>, ClusterError> {
-        let groups = [which.to_vec()];
-        Ok(self
-            .feed_groups(seqs, &groups, want_logits)
-            .await?
-            .pop()
-            .expect("one group"))
-    }
-
-    /// [`Pipeline::feed`] for several disjoint groups of sequences at once: each group's steps run
-    /// in order, the groups concurrently, so while one group's step is in stage k the next
-    /// group's is in stage k-1 (micro-batches: all stages work at once). A failure in any group
-    /// re-places the lost stages and replays every sequence.
+    /// Feeds every sequence of the given disjoint groups its uncached tokens (big prefills in
+    /// several steps within the size limit) and answers with each one's last row: logits, or the
+    /// argmax token. Each group's steps run in order, the groups concurrently, so while one
+    /// group's step is in stage k the next group's is in stage k-1 (micro-batches: all stages
+    /// work at once). A failure in any group re-places the lost stages and replays every sequence.
     async fn feed_groups(
         &mut self,
         seqs: &mut [Seq],
@@ -777,40 +762,6 @@ impl Pipeline {
             prompt_token_ids: s.tokens[..s.prompt_len].to_vec(),
             finish_reason,
         }))
-    }
-
-    /// log-softmax over the vocabulary for the token after each prompt.
-    pub async fn next_token_logprobs(
-        &mut self,
-        prompts: &[Vec<u32>],
-    ) -> Result<Vec<Vec<f32>>, ClusterError> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for batch in prompts.chunks(self.opts.max_batch.max(1)) {
-            let mut seqs = Vec::with_capacity(batch.len());
-            for (i, p) in batch.iter().enumerate() {
-                self.check_prompt(i, p)?;
-                self.next_seq += 1;
-                seqs.push(Seq {
-                    index: i,
-                    id: self.next_seq,
-                    tokens: p.clone(),
-                    prompt_len: p.len(),
-                    cached: 0,
-                    sampler: Sampler::new(&GenerationParams::default()),
-                    params: GenerationParams::default(),
-                });
-            }
-            let which: Vec<usize> = (0..seqs.len()).collect();
-            let rows = self.feed(&mut seqs, &which, true).await?;
-            self.free(seqs.iter().map(|s| s.id).collect());
-            for r in rows {
-                match r {
-                    StepRow::Logits(l) => out.push(log_softmax(&l)),
-                    StepRow::Token(_) => unreachable!("logits were asked for"),
-                }
-            }
-        }
-        Ok(out)
     }
 }
 
