@@ -6,38 +6,15 @@
 //! `~/.cache/ibench/models`). A missing folder fails the test, saying what to run, unless
 //! `IBENCH_SKIP_REAL_MODELS=1`.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ibench_shared::hf::{Architecture, ModelConfig};
 use serde_json::Value;
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("IBENCH_MODELS_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(ibench_worker::gguf::default_models_dir)
-}
-
-/// The fetched folder of `name`, or `None` (with a skip line) when skipping is asked for.
-fn folder(name: &str) -> Option<PathBuf> {
-    let dir = models_dir().join(name);
-    if dir.join("config.json").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("IBENCH_SKIP_REAL_MODELS").is_ok_and(|v| v == "1") {
-        eprintln!(
-            "skipping: {} is missing (IBENCH_SKIP_REAL_MODELS=1)",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "{} is missing: run `ibench fetch-model {name}` (or set IBENCH_MODELS_DIR to where it is, \
-         or IBENCH_SKIP_REAL_MODELS=1 to skip the real-model tests)",
-        dir.display()
-    );
-}
+use common::real_model_folder as folder;
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

@@ -5,33 +5,15 @@
 //! The folders come from `ibench fetch-model` (under `$IBENCH_MODELS_DIR`); a missing folder fails
 //! the test, saying what to run, unless `IBENCH_SKIP_REAL_MODELS=1`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use ibench_shared::{ChatMessage, FinishReason, GenerationParams};
 use ibench_worker::{Engine, GenerateRequest, LoadOptions};
 use serde_json::Value;
 
-fn folder(name: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("IBENCH_MODELS_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(ibench_worker::gguf::default_models_dir);
-    let dir = base.join(name);
-    if dir.join("config.json").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("IBENCH_SKIP_REAL_MODELS").is_ok_and(|v| v == "1") {
-        eprintln!(
-            "skipping: {} is missing (IBENCH_SKIP_REAL_MODELS=1)",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "{} is missing: run `ibench fetch-model {name}` (or IBENCH_SKIP_REAL_MODELS=1 to skip)",
-        dir.display()
-    );
-}
+use common::real_model_folder as folder;
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
